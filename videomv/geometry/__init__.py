@@ -1,0 +1,48 @@
+"""Camera geometry in one convention (OpenGL c2w, +y up, degrees); see `cameras` for details."""
+
+from .cameras import (
+    BLENDER_TO_WORLD,
+    c2w_to_gobjaverse_json,
+    camera_vector,
+    check_c2w,
+    colmap_to_c2w,
+    focal_from_fov,
+    gobjaverse_fov_deg,
+    gobjaverse_json_to_c2w,
+    intrinsics_from_fov,
+    load_trajectory,
+    look_at,
+    normalize_to_first_view,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    orbit_angles,
+    orbit_camera,
+    orbit_cameras,
+    save_trajectory,
+    select_views,
+)
+from .rays import get_rays, plucker_rays
+
+__all__ = [
+    "BLENDER_TO_WORLD",
+    "c2w_to_gobjaverse_json",
+    "camera_vector",
+    "check_c2w",
+    "colmap_to_c2w",
+    "focal_from_fov",
+    "get_rays",
+    "gobjaverse_fov_deg",
+    "gobjaverse_json_to_c2w",
+    "intrinsics_from_fov",
+    "load_trajectory",
+    "look_at",
+    "normalize_to_first_view",
+    "opencv_to_opengl",
+    "opengl_to_opencv",
+    "orbit_angles",
+    "orbit_camera",
+    "orbit_cameras",
+    "plucker_rays",
+    "save_trajectory",
+    "select_views",
+]
