@@ -1,0 +1,135 @@
+"""Write the toy world to disk in the G-Objaverse layout, in parallel.
+
+<out>/<dir_id>/<obj_id>/campos_512_v4/<view:05d>/{00000.png (RGBA 8-bit), 00000.json}
+<out>/captions.json          {"<dir_id>/<obj_id>": caption}
+<out>/{train,val,test}.txt   one "<dir_id>/<obj_id>" per line
+<out>/toyworld.json          generator settings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from videomv.geometry import c2w_to_gobjaverse_json
+
+from . import toyworld
+
+OBJECTS_PER_DIR = 1000
+VIEW_DIR = "campos_512_v4"
+
+
+def object_key(index: int) -> str:
+    """'<dir_id>/<obj_id>' of toy object `index`."""
+    return f"{index // OBJECTS_PER_DIR}/toy_{index:06d}"
+
+
+def write_object(out: Path, seed: int, index: int, resolution: int, num_views: int = toyworld.NUM_VIEWS) -> tuple[str, str]:
+    """Render and write one object; returns (key, caption)."""
+    obj = toyworld.sample_object(seed, index)
+    c2w, elevations, azimuths = toyworld.orbit_for(obj, num_views)
+    images = toyworld.to_uint8(toyworld.render_object(obj, c2w, resolution, toyworld.FOVY))
+    key = object_key(index)
+    for v in range(num_views):
+        view_dir = out / key / VIEW_DIR / f"{v:05d}"
+        view_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[v], mode="RGBA").save(view_dir / "00000.png", compress_level=1)
+        meta = c2w_to_gobjaverse_json(c2w[v], toyworld.FOVY)
+        meta.update(elevation=float(elevations[v]), azimuth=float(azimuths[v]), radius=toyworld.RADIUS)
+        (view_dir / "00000.json").write_text(json.dumps(meta))
+    return key, obj.caption
+
+
+def split_indices(num_objects: int, fractions: tuple[float, float, float], seed: int) -> dict[str, list[int]]:
+    """Disjoint train/val/test index lists covering range(num_objects), shuffled by `seed`."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not abs(sum(fractions) - 1) < 1e-6:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    order = np.random.default_rng([seed, 2**31 - 1]).permutation(num_objects).tolist()
+    n_val = int(round(num_objects * fractions[1]))
+    n_test = int(round(num_objects * fractions[2]))
+    n_train = num_objects - n_val - n_test
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+def _init_worker():
+    torch.set_num_threads(1)
+
+
+def _write_star(args):
+    return write_object(*args)
+
+
+def build_dataset(
+    out: str | Path,
+    num_objects: int,
+    resolution: int,
+    seed: int = 0,
+    num_views: int = toyworld.NUM_VIEWS,
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Render `num_objects` toy objects into `out`; returns the settings written to toyworld.json.
+    Existing files are overwritten; objects left over from an earlier, larger build are not removed
+    (they are absent from captions.json and the split lists)."""
+    if num_objects < 1:
+        raise ValueError(f"num_objects must be >= 1, got {num_objects}")
+    if resolution < 8:
+        raise ValueError(f"resolution must be >= 8, got {resolution}")
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    splits = split_indices(num_objects, tuple(split), seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, num_objects))
+    jobs = [(out, seed, i, resolution, num_views) for i in range(num_objects)]
+    captions = {}
+    bar = tqdm(total=num_objects, desc="toy objects", unit="obj", disable=not progress)
+    if workers == 1:
+        _init_worker()
+        results = map(_write_star, jobs)
+        pool = None
+    else:
+        pool = Pool(workers, initializer=_init_worker)
+        results = pool.imap_unordered(_write_star, jobs, chunksize=max(1, min(16, num_objects // (8 * workers))))
+    try:
+        for key, caption in results:
+            captions[key] = caption
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    captions = {object_key(i): captions[object_key(i)] for i in range(num_objects)}
+    (out / "captions.json").write_text(json.dumps(captions, indent=0))
+    for name, indices in splits.items():
+        (out / f"{name}.txt").write_text("".join(object_key(i) + "\n" for i in indices))
+    settings = {
+        "generator": "videomv.data.toyworld",
+        "version": toyworld.VERSION,
+        "seed": seed,
+        "num_objects": num_objects,
+        "resolution": resolution,
+        "num_views": num_views,
+        "fovy": toyworld.FOVY,
+        "radius": toyworld.RADIUS,
+        "elevation_range": list(toyworld.ELEVATION_RANGE),
+        "supersample": 2,
+        "split": list(split),
+        "objects_per_dir": OBJECTS_PER_DIR,
+        "layout": f"<dir_id>/<obj_id>/{VIEW_DIR}/<view:05d>/00000.png",
+    }
+    (out / "toyworld.json").write_text(json.dumps(settings, indent=1))
+    return settings
