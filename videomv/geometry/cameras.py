@@ -38,11 +38,11 @@ def check_c2w(c2w: torch.Tensor, name: str = "c2w") -> torch.Tensor:
         raise ValueError(f"{name}: expected camera-to-world matrices of shape (..., 4, 4), got {tuple(c2w.shape)}")
     if not torch.isfinite(c2w).all():
         raise ValueError(f"{name}: camera matrices contain NaN or inf")
-    last = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    last = torch.tensor([0.0, 0.0, 0.0, 1.0], device=c2w.device)
     if not torch.allclose(c2w[..., 3, :], last.expand_as(c2w[..., 3, :]), atol=1e-4):
         raise ValueError(f"{name}: the last row of every camera matrix must be (0, 0, 0, 1)")
     rot = c2w[..., :3, :3]
-    eye = torch.eye(3).expand_as(rot)
+    eye = torch.eye(3, device=c2w.device).expand_as(rot)
     if not torch.allclose(rot @ rot.transpose(-1, -2), eye, atol=1e-3):
         raise ValueError(f"{name}: the rotation part of every camera matrix must be orthonormal")
     return c2w

@@ -1,0 +1,281 @@
+"""Camera-conditioned UNets and condition encoders, checked against diffusers' base models."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, I2VGenXLUNet, UNet3DConditionModel
+from diffusers.models.resnet import ResnetBlock2D
+
+from videomv.geometry import camera_vector, orbit_cameras
+from videomv.models import CameraEmbedding, I2MVUNet, T2MVUNet
+from videomv.models.conditioning import (
+    CLIP_VOCAB_SIZE,
+    ImageConditioner,
+    TextConditioner,
+    bundled_clip_tokenizer,
+)
+
+TINY = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    layers_per_block=1,
+    cross_attention_dim=16,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    sample_size=8,
+)
+B, F, H = 2, 3, 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest single-threaded, and the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pair(base_cls, ours_cls, seed=0):
+    torch.manual_seed(seed)
+    base = base_cls(**TINY).eval()
+    ours = ours_cls(**TINY).eval()
+    result = ours.load_state_dict(base.state_dict(), strict=False)
+    assert all(k.startswith("camera_embedding.") for k in result.missing_keys) and not result.unexpected_keys
+    return base, ours
+
+
+@pytest.fixture(scope="module")
+def t2mv():
+    return _pair(UNet3DConditionModel, T2MVUNet)
+
+
+@pytest.fixture(scope="module")
+def i2mv():
+    return _pair(I2VGenXLUNet, I2MVUNet)
+
+
+def _inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        sample=torch.randn(B, 4, F, H, H, generator=g),
+        text=torch.randn(B, 5, 16, generator=g),
+        image_latents=torch.randn(B, 4, F, H, H, generator=g),
+        image_embeddings=torch.randn(B, 1, 16, generator=g),
+        cameras=torch.randn(B, F, 16, generator=g),
+    )
+
+
+def _run(model, x, cameras=None, **kw):
+    with torch.no_grad():
+        if isinstance(model, I2VGenXLUNet):  # also I2MVUNet
+            extra = {} if type(model) is I2VGenXLUNet else dict(cameras=cameras, **kw)
+            return model(x["sample"], 7, torch.tensor([8] * B), x["image_latents"], x["image_embeddings"],
+                         x["text"], **extra).sample
+        extra = {} if type(model) is UNet3DConditionModel else dict(cameras=cameras, **kw)
+        return model(x["sample"], 7, x["text"], **extra).sample
+
+
+def _nonzero_camera_branch(model, seed=2):
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(model.camera_embedding.linear_2.weight, std=0.5)
+    torch.nn.init.normal_(model.camera_embedding.linear_2.bias, std=0.5)
+
+
+def _camera_prehooks(base, cam_emb):
+    """Independent reference: add a per-frame embedding (B*F, D) to the temb of every resnet."""
+    def hook(module, args):
+        return (args[0], args[1] + cam_emb)
+    return [m.register_forward_pre_hook(hook) for m in base.modules() if isinstance(m, ResnetBlock2D)]
+
+
+def test_camera_embedding_width_and_zero_init():
+    emb = CameraEmbedding(16, 64)
+    assert emb.linear_1.in_features == 16 and emb.linear_2.out_features == 64
+    assert torch.count_nonzero(emb.linear_2.weight) == 0 and torch.count_nonzero(emb.linear_2.bias) == 0
+    assert torch.count_nonzero(emb(torch.randn(5, 16))) == 0
+    model = T2MVUNet(**TINY)
+    assert model.camera_embedding.linear_1.out_features == 4 * TINY["block_out_channels"][0]
+    with pytest.raises(ValueError, match="camera_embed_dim"):
+        T2MVUNet(**TINY, camera_embed_dim=100)
+
+
+@pytest.mark.parametrize("which", ["t2mv", "i2mv"])
+def test_zero_camera_branch_equals_base_exactly(which, request):
+    base, ours = request.getfixturevalue(which)
+    x = _inputs()
+    expected = _run(base, x)
+    assert torch.equal(_run(ours, x), expected)
+    assert torch.equal(_run(ours, x, cameras=x["cameras"]), expected)
+    assert torch.equal(_run(ours, x, cameras=orbit_cameras(F).expand(B, F, 4, 4)), expected)
+
+
+@pytest.mark.parametrize("base_cls,ours_cls", [(UNet3DConditionModel, T2MVUNet), (I2VGenXLUNet, I2MVUNet)])
+def test_camera_added_per_frame_to_time_embedding(base_cls, ours_cls):
+    base, ours = _pair(base_cls, ours_cls, seed=3)
+    _nonzero_camera_branch(ours)
+    x = _inputs()
+    got = _run(ours, x, cameras=x["cameras"])
+    with torch.no_grad():
+        cam_emb = ours.camera_embedding(x["cameras"]).reshape(B * F, -1)
+    handles = _camera_prehooks(base, cam_emb)
+    try:
+        expected = _run(base, x)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, _run(base, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("which", ["t2mv", "i2mv"])
+def test_camera_sensitivity_and_mask(which, request):
+    base, template = request.getfixturevalue(which)
+    ours = type(template)(**TINY).eval()
+    ours.load_state_dict(template.state_dict())
+    _nonzero_camera_branch(ours)
+    x = _inputs()
+    cams = x["cameras"]
+    out = _run(ours, x, cameras=cams)
+    assert torch.equal(out, _run(ours, x, cameras=cams.clone()))
+    assert (out - _run(ours, x, cameras=cams + 0.5)).abs().max() > 1e-3
+    # the frame dimension matters: reordering cameras over frames changes the result
+    assert (out - _run(ours, x, cameras=cams.flip(1))).abs().max() > 1e-3
+    # (B, F, 4, 4) matrices are flattened row-major like videomv.geometry.camera_vector
+    c2w = orbit_cameras(F, elevation=20.0).expand(B, F, 4, 4)
+    assert torch.equal(_run(ours, x, cameras=c2w), _run(ours, x, cameras=camera_vector(c2w)))
+    # camera_mask drops the camera of sample 0 only
+    masked = _run(ours, x, cameras=cams, camera_mask=torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(masked[0], _run(base, x)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(masked[1], out[1], rtol=0, atol=1e-6)
+
+
+def test_bad_camera_inputs(t2mv):
+    _, ours = t2mv
+    x = _inputs()
+    with pytest.raises(ValueError, match="cameras per sample"):
+        _run(ours, x, cameras=torch.randn(B, F + 1, 16))
+    with pytest.raises(ValueError, match="expected shape"):
+        _run(ours, x, cameras=torch.randn(B, F, 12))
+    with pytest.raises(ValueError, match="batch size"):
+        _run(ours, x, cameras=torch.randn(B + 1, F, 16))
+    with pytest.raises(ValueError, match="camera_mask"):
+        _run(ours, x, cameras=x["cameras"], camera_mask=torch.ones(B + 1))
+    with pytest.raises(ValueError, match="camera_mask"):
+        _run(ours, x, camera_mask=torch.ones(B))
+
+
+@pytest.mark.parametrize("which", ["t2mv", "i2mv"])
+def test_save_load_round_trip(which, request, tmp_path):
+    _, template = request.getfixturevalue(which)
+    ours = type(template)(**TINY).eval()
+    ours.load_state_dict(template.state_dict())
+    _nonzero_camera_branch(ours)
+    ours.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = type(ours).from_pretrained(tmp_path).eval()
+    assert loaded.config.camera_dim == 16
+    for k, v in ours.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    x = _inputs()
+    assert torch.equal(_run(loaded, x, cameras=x["cameras"]), _run(ours, x, cameras=x["cameras"]))
+
+
+@pytest.mark.parametrize("which", ["t2mv", "i2mv"])
+def test_from_base_diffusers_folder(which, request, tmp_path):
+    base, ours = request.getfixturevalue(which)
+    base.save_pretrained(tmp_path / "unet")
+    loaded = type(ours).from_base(tmp_path, subfolder="unet").eval()
+    assert torch.count_nonzero(loaded.camera_embedding.linear_2.weight) == 0
+    x = _inputs()
+    assert torch.equal(_run(loaded, x, cameras=x["cameras"]), _run(base, x))
+    # a checkpoint that already has a camera branch is not a base model
+    loaded.save_pretrained(tmp_path / "mv")
+    with pytest.raises(ValueError, match="already has a camera branch"):
+        type(ours).from_base(tmp_path, subfolder="mv")
+
+
+@pytest.mark.parametrize("which", ["t2mv", "i2mv"])
+def test_gradient_checkpointing_same_outputs_and_grads(which, request):
+    _, template = request.getfixturevalue(which)
+    ours = type(template)(**TINY).eval()
+    ours.load_state_dict(template.state_dict())
+    _nonzero_camera_branch(ours)
+    x = _inputs()
+
+    def forward_backward():
+        ours.zero_grad()
+        if isinstance(ours, I2MVUNet):
+            out = ours(x["sample"], 7, torch.tensor([8] * B), x["image_latents"], x["image_embeddings"], x["text"],
+                       cameras=x["cameras"]).sample
+        else:
+            out = ours(x["sample"], 7, x["text"], cameras=x["cameras"]).sample
+        out.square().mean().backward()
+        return out.detach(), ours.camera_embedding.linear_1.weight.grad.clone()
+
+    out_plain, grad_plain = forward_backward()
+    ours.enable_gradient_checkpointing()
+    assert ours.gradient_checkpointing
+    out_ckpt, grad_ckpt = forward_backward()
+    ours.disable_gradient_checkpointing()
+    torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad_ckpt, grad_plain, rtol=1e-5, atol=1e-7)
+    assert grad_plain.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------- #
+# condition encoders
+
+
+def test_bundled_tokenizer_matches_open_clip():
+    import open_clip
+
+    tokenizer = bundled_clip_tokenizer()
+    assert len(tokenizer) == CLIP_VOCAB_SIZE and tokenizer.model_max_length == 77
+    prompts = ["a red chair, 3d asset", "A  Photo of an ASTRONAUT riding a horse.", "",
+               "naïve café déjà-vu 123 4567 \"quoted\" it's", "word " * 100]
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(ids, open_clip.tokenize(prompts))
+    assert ids[2, 0] == 49406 and ids[2, 1] == 49407 and ids[2, 2] == 0  # start, end, padding "!" = 0
+    assert ids[4, -1] == 49407  # truncated prompts still end with the end token
+
+
+def test_text_conditioner_tiny_and_from_pretrained(tmp_path):
+    conditioner = TextConditioner.tiny(hidden_size=32)
+    emb = conditioner.encode(["a chair", "a table"])
+    assert emb.shape == (2, 77, 32)
+    assert not torch.allclose(emb[0], emb[1])
+    with pytest.raises(TypeError, match="prompts"):
+        conditioner.encode("a chair")
+    # a diffusers folder without tokenizer/ falls back to the bundled tokenizer
+    conditioner.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    loaded = TextConditioner.from_pretrained(str(tmp_path))
+    assert torch.equal(loaded.encode(["a chair", "a table"]), emb)
+    conditioner.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    assert torch.equal(TextConditioner.from_pretrained(str(tmp_path)).tokenize(["a chair"]),
+                       conditioner.tokenize(["a chair"]))
+
+
+def _tiny_vae():
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                         sample_size=16, scaling_factor=0.18215).eval()
+
+
+def test_image_conditioner_layout():
+    vae = _tiny_vae()
+    conditioner = ImageConditioner(ImageConditioner.tiny_image_encoder(image_size=32), vae, image_size=32)
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        cond = conditioner.encode(images, num_frames=5)
+        expected_first = vae.encode(images * 2 - 1).latent_dist.mode() * 0.18215
+    assert cond.image_embeddings.shape == (2, 1, 32)
+    assert cond.image_latents.shape == (2, 4, 5, 8, 8)
+    torch.testing.assert_close(cond.image_latents[:, :, 0], expected_first)
+    for k in range(1, 5):  # position-mask frames k / (F - 1)
+        assert torch.all(cond.image_latents[:, :, k] == k / 4)
+    with pytest.raises(ValueError, match="images"):
+        conditioner.encode(images * 3, num_frames=5)
+    with pytest.raises(ValueError, match="images"):
+        conditioner.encode(images[:, :2], num_frames=5)

@@ -1,0 +1,176 @@
+"""Image-to-multi-view UNet: I2VGen-XL's `I2VGenXLUNet` with a per-frame camera embedding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import register_to_config
+# ModelMixin in this module's namespace lets DiffusionPipeline.from_pretrained find the load method.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
+from diffusers.models.unets.unet_i2vgen_xl import I2VGenXLUNet
+
+from .camera_embedding import CameraConditionedMixin, CameraEmbedding
+from .t2mv_unet import timestep_batch
+
+
+class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
+    """`I2VGenXLUNet` whose frames are views, each with its own camera.
+
+    Conditioning as I2VGen-XL: text embeddings, the CLIP image embedding, the VAE latents of the
+    input image (first frame + position mask frames), and fps. The camera embedding is added to the
+    time (+ fps) embedding after it is repeated over frames.
+    """
+
+    base_class = I2VGenXLUNet
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | None = None,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        down_block_types: tuple[str, ...] = (
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "DownBlock3D",
+        ),
+        up_block_types: tuple[str, ...] = (
+            "UpBlock3D",
+            "CrossAttnUpBlock3D",
+            "CrossAttnUpBlock3D",
+            "CrossAttnUpBlock3D",
+        ),
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        norm_num_groups: int | None = 32,
+        cross_attention_dim: int = 1024,
+        attention_head_dim: int | tuple[int] = 64,
+        num_attention_heads: int | tuple[int] | None = None,
+        camera_dim: int = 16,
+        camera_embed_dim: int | None = None,
+    ):
+        super().__init__(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+        )
+        time_embed_dim = block_out_channels[0] * 4
+        if camera_embed_dim is not None and camera_embed_dim != time_embed_dim:
+            raise ValueError(
+                f"camera_embed_dim must equal the time-embedding width 4 * block_out_channels[0] = {time_embed_dim}, "
+                f"got {camera_embed_dim}"
+            )
+        self.camera_embedding = CameraEmbedding(camera_dim, time_embed_dim)
+        self.gradient_checkpointing = False
+
+    def context_embeddings(self, encoder_hidden_states, image_latents, image_embeddings) -> torch.Tensor:
+        """Cross-attention context per sample: text tokens, tokens from the first image latent, and
+        `in_channels` tokens from the CLIP image embedding."""
+        first_latent = image_latents[:, :, 0]  # (B, C, h, w)
+        latent_tokens = self.image_latents_context_embedding(first_latent)  # (B, D, h', w')
+        latent_tokens = latent_tokens.flatten(2).transpose(1, 2)  # (B, h' * w', D)
+        image_tokens = self.context_embedding(image_embeddings)
+        image_tokens = image_tokens.view(-1, self.config.in_channels, self.config.cross_attention_dim)
+        return torch.cat([encoder_hidden_states, latent_tokens, image_tokens], dim=1)
+
+    def image_latent_features(self, image_latents: torch.Tensor) -> torch.Tensor:
+        """Per-pixel temporal encoding of the image latents, concatenated to the sample channels."""
+        batch_size, in_channels, num_frames, height, width = image_latents.shape
+        x = image_latents.permute(0, 2, 1, 3, 4).reshape(batch_size * num_frames, in_channels, height, width)
+        x = self.image_latents_proj_in(x)  # (B * F, C, h, w)
+        channels = x.shape[1]
+        x = x.reshape(batch_size, num_frames, channels, height, width).permute(0, 3, 4, 1, 2)
+        x = self.image_latents_temporal_encoder(x.reshape(batch_size * height * width, num_frames, channels))
+        return x.reshape(batch_size, height, width, num_frames, channels).permute(0, 4, 3, 1, 2)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        fps: torch.Tensor | int,
+        image_latents: torch.Tensor,
+        image_embeddings: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        cameras: torch.Tensor | None = None,
+        camera_mask: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> UNet3DConditionOutput | tuple[torch.Tensor]:
+        """Predict noise (or v) for `sample` (B, C, F, H, W).
+
+        image_latents: (B, C, F, H, W) as `I2VGenXLPipeline` prepares them; image_embeddings: (B, 1, D)
+        CLIP image embeddings; fps: (B,) or a number. cameras / camera_mask as in `T2MVUNet.forward`.
+        """
+        batch_size, _, num_frames, height, width = sample.shape
+        forward_upsample_size = any(s % 2**self.num_upsamplers != 0 for s in sample.shape[-2:])
+        upsample_size = None
+
+        # 1. time + fps embedding, repeated per frame, plus the per-frame camera embedding
+        timesteps = timestep_batch(timestep, batch_size, sample.device)
+        t_emb = self.time_embedding(self.time_proj(timesteps).to(dtype=self.dtype), timestep_cond)
+        fps = timestep_batch(fps, batch_size, sample.device)
+        fps_emb = self.fps_embedding(self.time_proj(fps).to(dtype=self.dtype))
+        emb = (t_emb + fps_emb).repeat_interleave(num_frames, dim=0, output_size=batch_size * num_frames)
+        emb = self.add_camera_embedding(emb, cameras, camera_mask, batch_size, num_frames)
+
+        # 2. cross-attention context and the image-latent channels
+        context = self.context_embeddings(encoder_hidden_states, image_latents, image_embeddings)
+        context = context.repeat_interleave(num_frames, dim=0, output_size=context.shape[0] * num_frames)
+        sample = torch.cat([sample, self.image_latent_features(image_latents)], dim=1)
+
+        # 3. frames as batch: (B, 2C, F, H, W) -> (B * F, 2C, H, W)
+        sample = sample.permute(0, 2, 1, 3, 4).reshape((batch_size * num_frames, -1, height, width))
+        sample = self.conv_in(sample)
+        sample = self.transformer_in(
+            sample, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
+        )[0]
+
+        # 4. down
+        down_block_res_samples = (sample,)
+        for block in self.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                sample, res_samples = self.run_block(
+                    block, sample, emb, context, None, num_frames, cross_attention_kwargs
+                )
+            else:
+                sample, res_samples = self.run_block(block, sample, emb, num_frames)
+            down_block_res_samples += res_samples
+
+        # 5. mid
+        if self.mid_block is not None:
+            sample = self.run_block(self.mid_block, sample, emb, context, None, num_frames, cross_attention_kwargs)
+
+        # 6. up
+        for i, block in enumerate(self.up_blocks):
+            is_final_block = i == len(self.up_blocks) - 1
+            res_samples = down_block_res_samples[-len(block.resnets) :]
+            down_block_res_samples = down_block_res_samples[: -len(block.resnets)]
+            if not is_final_block and forward_upsample_size:
+                upsample_size = down_block_res_samples[-1].shape[2:]
+            if getattr(block, "has_cross_attention", False):
+                sample = self.run_block(
+                    block, sample, res_samples, emb, context, upsample_size, None, num_frames, cross_attention_kwargs
+                )
+            else:
+                sample = self.run_block(block, sample, res_samples, emb, upsample_size, num_frames)
+
+        # 7. post-process, back to (B, C, F, H, W)
+        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        sample = sample.reshape((batch_size, num_frames) + sample.shape[1:]).permute(0, 2, 1, 3, 4)
+
+        if not return_dict:
+            return (sample,)
+        return UNet3DConditionOutput(sample=sample)

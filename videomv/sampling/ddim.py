@@ -1,0 +1,161 @@
+"""The one denoising loop: DDIM (diffusers' `DDIMScheduler`) with classifier-free guidance and a
+hook on the predicted z0 for 3D-aware sampling.
+
+Latents are (B, C, F, h, w) video latents; frames are views.
+
+z0 hook protocol
+----------------
+At each step index i (0-based, timestep t), after the UNet ran, the loop computes the predicted
+clean latents of the conditional and the unconditional branch and calls
+
+    z0_hook(i, t, z0_cond, z0_uncond, latents) -> None | (z0_cond_new, z0_uncond_new)
+
+`latents` is z_t; `z0_uncond` is None without guidance (guidance_scale <= 1), and `z0_uncond_new`
+is then ignored. Returning None keeps the model's prediction. Returning replacements (e.g. latents
+re-encoded from renders of a reconstructed 3D model) makes the loop recompute each branch's noise
+from its new z0, eps = (z_t - sqrt(a_t) z0) / sqrt(1 - a_t), re-apply guidance to the two
+branches, and take the DDIM step from the guided (z0, eps). Tensors passed to and returned from
+the hook have the latents' shape.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+import torch
+from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
+
+
+class Z0Hook(Protocol):
+    def __call__(
+        self, step_index: int, timestep: torch.Tensor, z0_cond: torch.Tensor, z0_uncond: Optional[torch.Tensor],
+        latents: torch.Tensor,
+    ) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]: ...
+
+
+def text_scheduler() -> DDIMScheduler:
+    """ModelScope-T2V's DDIM configuration: eps-prediction, "scaled_linear" betas 0.00085-0.012
+    (ModelScope's `linear_sd`), leading spacing with offset 1 (50 steps: t = 981, 961, ..., 1)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def image_scheduler(timestep_spacing: str = "leading") -> DDIMScheduler:
+    """I2VGen-XL's DDIM configuration: v-prediction, cosine betas rescaled to zero terminal SNR.
+    Published I2VGen-XL config and VideoMV's release use leading spacing with offset 1; "trailing"
+    starts from the zero-SNR timestep 999 instead."""
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+        rescale_betas_zero_snr=True, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
+        timestep_spacing=timestep_spacing,
+    )
+
+
+def _alpha(scheduler: DDIMScheduler, t, like: torch.Tensor) -> torch.Tensor:
+    return scheduler.alphas_cumprod[int(t)].to(device=like.device, dtype=like.dtype)
+
+
+def z0_and_eps(scheduler: DDIMScheduler, model_output: torch.Tensor, latents: torch.Tensor, t):
+    """Predicted clean latents z0 and noise eps from the model output at timestep t."""
+    a = _alpha(scheduler, t, latents)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        eps = model_output
+        z0 = (latents - (1 - a).sqrt() * eps) / a.sqrt()
+    elif kind == "v_prediction":
+        z0 = a.sqrt() * latents - (1 - a).sqrt() * model_output
+        eps = a.sqrt() * model_output + (1 - a).sqrt() * latents
+    elif kind == "sample":
+        z0 = model_output
+        eps = (latents - a.sqrt() * z0) / (1 - a).sqrt()
+    else:
+        raise ValueError(f"scheduler prediction_type {kind!r} is not supported (epsilon, v_prediction, sample)")
+    return z0, eps
+
+
+def eps_from_z0(scheduler: DDIMScheduler, z0: torch.Tensor, latents: torch.Tensor, t) -> torch.Tensor:
+    a = _alpha(scheduler, t, latents)
+    return (latents - a.sqrt() * z0) / (1 - a).sqrt()
+
+
+def model_output_from(scheduler: DDIMScheduler, z0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
+    """Inverse of `z0_and_eps`: the model output that a consistent (z0, eps) pair corresponds to."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return eps
+    if kind == "sample":
+        return z0
+    a = _alpha(scheduler, t, z0)
+    return a.sqrt() * eps - (1 - a).sqrt() * z0  # v_prediction
+
+
+def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def _step(scheduler, model_output, t, latents, eta, generator) -> torch.Tensor:
+    """DDIM step on frames as images, (B, C, F, h, w) -> (B*F, C, h, w), as diffusers' video pipelines."""
+    b, c, f, h, w = latents.shape
+    flat = lambda x: x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # noqa: E731
+    prev = scheduler.step(flat(model_output), t, flat(latents), eta=eta, generator=generator).prev_sample
+    return prev.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def ddim_sample(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    scheduler: DDIMScheduler,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    z0_hook: Z0Hook | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Run DDIM from the initial noise `latents` (B, C, F, h, w) and return the final latents.
+
+    denoiser(model_input, t) returns the model output for `model_input`; with guidance
+    (guidance_scale > 1) the input is [latents; latents] and the output must be [uncond; cond],
+    the batch order of diffusers' pipelines.
+    """
+    if not isinstance(scheduler, DDIMScheduler):
+        raise TypeError(f"scheduler: expected a diffusers DDIMScheduler, got {type(scheduler).__name__}")
+    if latents.ndim != 5:
+        raise ValueError(f"latents: expected shape (B, C, F, h, w), got {tuple(latents.shape)}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    do_cfg = guidance_scale > 1.0
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    latents = latents * scheduler.init_noise_sigma
+
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="DDIM", disable=not progress)):
+        model_input = torch.cat([latents, latents]) if do_cfg else latents
+        model_output = denoiser(scheduler.scale_model_input(model_input, t), t)
+        if do_cfg:
+            out_uncond, out_cond = model_output.chunk(2)
+            guided = guide(out_uncond, out_cond, guidance_scale)
+        else:
+            out_uncond, out_cond, guided = None, model_output, model_output
+
+        if z0_hook is not None:
+            z0_cond = z0_and_eps(scheduler, out_cond, latents, t)[0]
+            z0_uncond = z0_and_eps(scheduler, out_uncond, latents, t)[0] if do_cfg else None
+            replaced = z0_hook(i, t, z0_cond, z0_uncond, latents)
+            if replaced is not None:
+                z0_cond, z0_uncond = replaced
+                if z0_cond.shape != latents.shape or (do_cfg and z0_uncond.shape != latents.shape):
+                    raise ValueError(f"z0_hook: replacements must have the latents' shape {tuple(latents.shape)}")
+                eps_cond = eps_from_z0(scheduler, z0_cond, latents, t)
+                if do_cfg:
+                    z0 = guide(z0_uncond, z0_cond, guidance_scale)
+                    eps = guide(eps_from_z0(scheduler, z0_uncond, latents, t), eps_cond, guidance_scale)
+                else:
+                    z0, eps = z0_cond, eps_cond
+                guided = model_output_from(scheduler, z0, eps, t)
+
+        latents = _step(scheduler, guided, t, latents, eta, generator)
+    return latents

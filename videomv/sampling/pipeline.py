@@ -1,0 +1,255 @@
+"""Multi-view generation pipelines (text -> views, image -> views), diffusers style.
+
+Components and folder layout are diffusers' `TextToVideoSDPipeline` / `I2VGenXLPipeline` ones
+(unet/, vae/, text_encoder/, tokenizer/, [image_encoder/, feature_extractor/], scheduler/), with
+the camera-conditioned UNets. The denoising loop is `videomv.sampling.ddim.ddim_sample`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from ..geometry import camera_vector, orbit_cameras
+from ..models.conditioning import ImageConditioner, TextConditioner
+from ..models.i2mv_unet import I2MVUNet
+from ..models.t2mv_unet import T2MVUNet
+from .ddim import Z0Hook, ddim_sample
+
+OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+
+
+@dataclass
+class MultiViewPipelineOutput(BaseOutput):
+    """images: (B, F, 3, H, W) in [0, 1] for "pt", (B, F, H, W, 3) float array for "np", nested
+    lists of PIL images for "pil", None for "latent". latents: final (B, C, F, h, w) latents."""
+
+    images: torch.Tensor | np.ndarray | list | None
+    latents: torch.Tensor
+
+
+def prepare_cameras(cameras, batch_size: int, default: torch.Tensor) -> torch.Tensor:
+    """(B, F, 16) camera vectors from None (-> default orbit), (F, 4, 4), (B, F, 4, 4), (F, 16) or (B, F, 16)."""
+    cameras = default if cameras is None else torch.as_tensor(cameras, dtype=torch.float32)
+    if cameras.shape[-2:] == (4, 4):
+        cameras = camera_vector(cameras.cpu())  # validates the poses
+    if cameras.ndim == 2:
+        cameras = cameras.unsqueeze(0).expand(batch_size, -1, -1)
+    if cameras.ndim != 3 or cameras.shape[-1] != 16 or cameras.shape[0] != batch_size:
+        raise ValueError(
+            f"cameras: expected (F, 4, 4), (B, F, 4, 4), (F, 16) or (B, F, 16) with B = {batch_size}, "
+            f"got {tuple(cameras.shape)}"
+        )
+    return cameras
+
+
+class _MultiViewPipeline(DiffusionPipeline):
+    """Shared parts: prompt encoding, latents, decoding, output formats."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def text_conditioner(self) -> TextConditioner:
+        return TextConditioner(self.tokenizer, self.text_encoder)
+
+    def encode_prompt(self, prompt: list[str], negative_prompt, do_cfg: bool, clip_skip: int | None = None):
+        """Text embeddings, [uncond; cond] stacked when guidance is on."""
+        conditioner = self.text_conditioner
+        cond = conditioner.encode(prompt, clip_skip)
+        if not do_cfg:
+            return cond
+        if negative_prompt is None:
+            negative_prompt = [""] * len(prompt)
+        elif isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * len(prompt)
+        if len(negative_prompt) != len(prompt):
+            raise ValueError(f"negative_prompt: got {len(negative_prompt)} prompts for {len(prompt)} prompts")
+        return torch.cat([conditioner.encode(list(negative_prompt), clip_skip), cond])
+
+    def prepare_latents(self, batch_size, num_frames, height, width, dtype, generator, latents=None):
+        shape = (batch_size, self.unet.config.in_channels, num_frames,
+                 height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(device=self._execution_device, dtype=dtype)
+
+    def check_size(self, height, width):
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
+        return height, width
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
+        """(B, C, F, h, w) latents -> (B, F, 3, H, W) images in [0, 1], decoding `decode_chunk_size`
+        frames at a time (None: all at once)."""
+        b, c, f, h, w = latents.shape
+        frames = (latents / self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        chunk = decode_chunk_size or b * f
+        images = torch.cat([self.vae.decode(frames[i : i + chunk]).sample for i in range(0, b * f, chunk)])
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        return images.reshape((b, f) + images.shape[1:])
+
+    def format_output(self, latents, output_type, decode_chunk_size) -> MultiViewPipelineOutput:
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if output_type == "latent":
+            return MultiViewPipelineOutput(images=None, latents=latents)
+        images = self.decode_latents(latents, decode_chunk_size)
+        if output_type == "np":
+            images = images.permute(0, 1, 3, 4, 2).cpu().numpy()
+        elif output_type == "pil":
+            arrays = (images.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
+            images = [[Image.fromarray(view) for view in sample] for sample in arrays]
+        return MultiViewPipelineOutput(images=images, latents=latents)
+
+    @staticmethod
+    def make_generator(generator, seed):
+        if generator is not None and seed is not None:
+            raise ValueError("give either generator or seed, not both")
+        return torch.Generator("cpu").manual_seed(seed) if seed is not None else generator
+
+
+class T2MVPipeline(_MultiViewPipeline):
+    """Text -> 24 views (by default an orbit at elevation 15 degrees, radius 2.0)."""
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: T2MVUNet, scheduler: DDIMScheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        cameras: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 9.0,
+        negative_prompt: str | list[str] | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        z0_hook: Z0Hook | None = None,
+        output_type: str = "pt",
+        decode_chunk_size: int | None = 1,
+        cross_attention_kwargs: dict | None = None,
+        progress: bool = True,
+    ) -> MultiViewPipelineOutput:
+        """Generate views; `cameras` set the views (default `orbit_cameras(24, 15, 2.0)`).
+        `z0_hook`: see `videomv.sampling.ddim`."""
+        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+        height, width = self.check_size(height, width)
+        cameras = prepare_cameras(cameras, len(prompt), orbit_cameras(24, elevation=15.0, radius=2.0))
+        generator = self.make_generator(generator, seed)
+        do_cfg = guidance_scale > 1.0
+        device = self._execution_device
+
+        text = self.encode_prompt(prompt, negative_prompt, do_cfg)
+        cameras = cameras.to(device=device, dtype=text.dtype)
+        unet_cameras = torch.cat([cameras, cameras]) if do_cfg else cameras
+        latents = self.prepare_latents(len(prompt), cameras.shape[1], height, width, text.dtype, generator, latents)
+
+        def denoiser(model_input, t):
+            return self.unet(model_input, t, encoder_hidden_states=text, cameras=unet_cameras,
+                             cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+        latents = ddim_sample(denoiser, latents, self.scheduler, num_inference_steps, guidance_scale, eta,
+                              generator, z0_hook, progress)
+        return self.format_output(latents, output_type, decode_chunk_size)
+
+
+class I2MVPipeline(_MultiViewPipeline):
+    """Image -> 24 views (by default an orbit at elevation 5 degrees, radius 1.7), empty prompt.
+
+    Conditioning as `I2VGenXLPipeline`: the unconditional branch has the negative prompt, a zero
+    CLIP image embedding, and the same image latents and fps.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 image_encoder: CLIPVisionModelWithProjection, feature_extractor: CLIPImageProcessor,
+                 unet: I2MVUNet, scheduler: DDIMScheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
+                              feature_extractor=feature_extractor, unet=unet, scheduler=scheduler)
+
+    @property
+    def image_conditioner(self) -> ImageConditioner:
+        return ImageConditioner.from_feature_extractor(self.image_encoder, self.feature_extractor, self.vae)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: torch.Tensor,
+        prompt: str | list[str] = "",
+        cameras: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        negative_prompt: str | list[str] | None = None,
+        target_fps: int = 8,
+        clip_skip: int | None = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        z0_hook: Z0Hook | None = None,
+        output_type: str = "pt",
+        decode_chunk_size: int | None = 1,
+        cross_attention_kwargs: dict | None = None,
+        progress: bool = True,
+    ) -> MultiViewPipelineOutput:
+        """Generate views of the object in `image` ((3, H, W) or (B, 3, H, W) in [0, 1]);
+        `cameras` default to `orbit_cameras(24, 5, 1.7)`; `clip_skip` = 1 takes the text encoder's
+        penultimate layer, as `I2VGenXLPipeline`. `z0_hook`: see `videomv.sampling.ddim`."""
+        if not torch.is_tensor(image) or image.ndim not in (3, 4):
+            raise ValueError("image: expected a (3, H, W) or (B, 3, H, W) tensor with values in [0, 1]")
+        image = image.unsqueeze(0) if image.ndim == 3 else image
+        batch_size = image.shape[0]
+        prompt = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+        if len(prompt) != batch_size:
+            raise ValueError(f"prompt: got {len(prompt)} prompts for {batch_size} images")
+        height, width = self.check_size(height, width)
+        cameras = prepare_cameras(cameras, batch_size, orbit_cameras(24, elevation=5.0, radius=1.7))
+        generator = self.make_generator(generator, seed)
+        do_cfg = guidance_scale > 1.0
+        device = self._execution_device
+        num_frames = cameras.shape[1]
+
+        text = self.encode_prompt(prompt, negative_prompt, do_cfg, clip_skip)
+        condition = self.image_conditioner.encode(image.to(device), num_frames, height, width)
+        image_embeddings, image_latents = condition.image_embeddings, condition.image_latents.to(text.dtype)
+        fps = torch.full((batch_size,), target_fps, device=device)
+        cameras = cameras.to(device=device, dtype=text.dtype)
+        if do_cfg:
+            image_embeddings = torch.cat([torch.zeros_like(image_embeddings), image_embeddings])
+            image_latents, fps, cameras = (torch.cat([x, x]) for x in (image_latents, fps, cameras))
+        latents = self.prepare_latents(batch_size, num_frames, height, width, text.dtype, generator, latents)
+
+        def denoiser(model_input, t):
+            return self.unet(model_input, t, fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
+                             encoder_hidden_states=text, cameras=cameras,
+                             cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+        latents = ddim_sample(denoiser, latents, self.scheduler, num_inference_steps, guidance_scale, eta,
+                              generator, z0_hook, progress)
+        return self.format_output(latents, output_type, decode_chunk_size)
