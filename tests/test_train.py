@@ -1,0 +1,388 @@
+"""Training engine: short toy runs (loss falls, exact resume, NaN guard, config), checkpoint
+format, data order, EMA, diffusion targets. Tiny models on a 16x16 toy world, one CPU thread."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors import safe_open
+
+from videomv.train.batches import BatchStream, ShardedOrder
+from videomv.train.checkpoint import (CheckpointManager, optimizer_from_safe, optimizer_to_safe, rng_state,
+                                      set_rng_state)
+from videomv.train.config import load_config, parse_args
+from videomv.train.diffusion import build_noise_scheduler, diffusion_loss, diffusion_target
+from videomv.train.ema import EMA
+from videomv.train.engine import NonFiniteLossError, train
+from videomv.train.mv import MultiViewTask
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "toy_t2mv.yaml"
+
+TINY = [
+    "data.toy.num_objects=6", "data.toy.resolution=16", "data.toy.split=[0.5,0.25,0.25]", "data.toy.workers=1",
+    "data.resolution=16", "data.window=4", "data.text_dropout=0.1",
+    "vae.path=null", "vae.init.block_out_channels=[8,8]", "vae.init.latent_channels=4",
+    "vae.init.down_block_types=[DownEncoderBlock2D,DownEncoderBlock2D]",
+    "vae.init.up_block_types=[UpDecoderBlock2D,UpDecoderBlock2D]", "vae.init.norm_num_groups=4",
+    "vae.init.layers_per_block=1",
+    "unet.init.sample_size=8", "unet.init.block_out_channels=[8,16]",
+    "unet.init.down_block_types=[CrossAttnDownBlock3D,DownBlock3D]",
+    "unet.init.up_block_types=[UpBlock3D,CrossAttnUpBlock3D]", "unet.init.norm_num_groups=4",
+    "unet.init.cross_attention_dim=16", "unet.init.attention_head_dim=4",
+    "text_encoder.init.hidden_size=16", "text_encoder.init.num_layers=1", "text_encoder.init.num_heads=2",
+    "text_encoder.init.projection_dim=16",
+    "dataloader.batch_size=2", "logging.with=[]", "validation.every=0",
+    "optimizer.lr=1e-3", "lr_scheduler.name=constant", "lr_scheduler.warmup_steps=0",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops on a shared 2-core machine run far faster single-threaded
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("toy") / "world16"  # built by the first run (data.toy)
+
+
+def run(tmp: Path, toy_root: Path, *extra: str, task=MultiViewTask) -> dict:
+    AcceleratorState._reset_state(True)
+    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp}", *extra])
+    try:
+        return train(cfg, task)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def read_losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- toy runs
+def test_toy_run_loss_falls_and_saves_resolved_config(tmp_path, toy_root):
+    one = tmp_path / "one.txt"
+    summary = run(tmp_path / "a", toy_root, "max_steps=1", "checkpoint.every=100")
+    assert (toy_root / "toyworld.json").is_file()  # the toy world was built on first use
+    one.write_text((toy_root / "train.txt").read_text().splitlines()[0] + "\n")
+    out = tmp_path / "fit"
+    # Overfit one object: the eps-prediction loss must fall well below its start.
+    summary = run(out, toy_root, "max_steps=40", "checkpoint.every=100", f"data.objects={one}",
+                  "data.text_dropout=0.0", "optimizer.lr=3e-3")
+    losses = [h["loss"] for h in summary["history"]]
+    print(f"overfit run: first-10 mean {np.mean(losses[:10]):.4f}, last-10 mean {np.mean(losses[-10:]):.4f}")
+    assert len(losses) == 40 and losses == pytest.approx(read_losses(out))
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert first > 0.5 and last < 0.8 * first, (first, last)
+
+    # The exported folder loads with diffusers/transformers and holds the trained weights.
+    from videomv.models import T2MVUNet
+    from videomv.models.conditioning import TextConditioner
+
+    unet = T2MVUNet.from_pretrained(str(out / "final"), subfolder="unet")
+    trained = _load(out / "checkpoints" / "step_000040" / "model_unet.safetensors")
+    for k, v in unet.state_dict().items():
+        torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
+    text = TextConditioner.from_pretrained(str(out / "final"))
+    assert text.encode(["a red sphere"]).shape == (1, 77, 16)
+
+    saved = load_config(out / "config.yaml", [])
+    assert saved.max_steps == 40 and saved.optimizer.lr == pytest.approx(3e-3)
+    assert saved.data.objects == str(one) and saved.output_dir == str(out)
+    assert saved.unet.init.block_out_channels == [8, 16]
+
+
+def test_resume_continues_exactly(tmp_path, toy_root):
+    full = tmp_path / "full"
+    run(full, toy_root, "max_steps=6", "checkpoint.every=3", "checkpoint.keep_last=5")
+    full_losses = read_losses(full)
+
+    # "Killed" after step 3: a fresh run folder holding only the step-3 checkpoint, resumed with latest.
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_000003", part / "checkpoints" / "step_000003")
+    resumed = run(part, toy_root, "max_steps=6", "checkpoint.every=3", "resume=latest")
+    assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
+    np.testing.assert_allclose(read_losses(part), full_losses[3:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([h["lr"] for h in resumed["history"]], 1e-3)
+
+    # Weights after the resumed run equal those of the uninterrupted run.
+    for name in ("model_unet", "model_text_encoder"):
+        a = _load(full / "checkpoints" / "step_000006" / f"{name}.safetensors")
+        b = _load(part / "checkpoints" / "step_000006" / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+    # resume=PATH works too; a folder that is not a checkpoint is refused by name.
+    again = run(tmp_path / "again", toy_root, "max_steps=4", f"resume={full / 'checkpoints' / 'step_000003'}")
+    assert [h["step"] for h in again["history"]] == [4]
+    np.testing.assert_allclose(again["history"][0]["loss"], full_losses[3], rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        run(tmp_path / "bad", toy_root, "max_steps=2", f"resume={tmp_path}")
+
+
+class NaNAtStep2(MultiViewTask):
+    def loss(self, batch, models, step):
+        loss, logs = super().loss(batch, models, step)
+        return (loss * float("nan") if step == 1 else loss), logs
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path, toy_root, monkeypatch):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 2"):
+        run(tmp_path / "nan", toy_root, "max_steps=4", task=NaNAtStep2)
+    # Allowed to skip one: the run completes, the bad step changes no weight.
+    # Also logs to tensorboard and to wandb in offline mode (no network).
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "skip"
+    summary = run(out, toy_root, "max_steps=3", "skip_nonfinite_loss=1", "logging.with=[tensorboard,wandb]",
+                  "logging.every=1", task=NaNAtStep2)
+    assert summary["step"] == 3 and math.isnan(summary["history"][1]["loss"])
+    assert all(math.isfinite(h["loss"]) for h in (summary["history"][0], summary["history"][2]))
+    assert list(out.rglob("events.out.tfevents.*"))
+    assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_latent_cache_matches_vae_and_is_reused(tmp_path, toy_root):
+    from diffusers import AutoencoderKL
+
+    from videomv.train.datasets import LatentCache, build_multiview_dataset, latent_cache_key
+
+    summary = run(tmp_path / "cached", toy_root, "max_steps=2", "data.cache_latents=true")
+    assert all(math.isfinite(h["loss"]) for h in summary["history"])
+    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}"])
+    dataset = build_multiview_dataset(cfg.data, "train")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**dict(cfg.vae.init)).eval()
+    path = tmp_path / "cache.safetensors"
+    key = latent_cache_key(vae, cfg.data, dataset)
+    cache = LatentCache(dataset, vae, path, key)
+    with torch.no_grad():
+        dist = vae.encode(dataset[1]["images"]).latent_dist
+    torch.testing.assert_close(cache[1]["latent_mean"], dist.mean, rtol=2e-3, atol=2e-3)  # stored as fp16
+    torch.testing.assert_close(cache[1]["latent_std"], dist.std, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(cache[1]["cameras"], dataset[1]["cameras"])
+    assert cache[1]["caption"] == dataset[1]["caption"] and len(cache) == len(dataset)
+    stamp = path.stat().st_mtime_ns
+    LatentCache(dataset, vae, path, key)
+    assert path.stat().st_mtime_ns == stamp  # same key: read back, not rebuilt
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(1.0)  # decoder change alone: key changes, cache rebuilt
+    new_key = latent_cache_key(vae, cfg.data, dataset)
+    assert new_key != key
+    LatentCache(dataset, vae, path, new_key)
+    assert path.stat().st_mtime_ns != stamp
+
+
+def test_2d_images_mix_in_as_one_frame_batches(tmp_path, toy_root):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    (folder / "captions.json").write_text(json.dumps({f"im{i}": f"picture {i}" for i in range(3)}))
+    summary = run(tmp_path / "mixed", toy_root, "max_steps=6", f"data.image_data.root={folder}",
+                  "data.image_data.probability=0.5", "data.image_data.batch_size=2",
+                  "gradient_checkpointing=true")
+    frames = [h["frames"] for h in summary["history"]]
+    assert set(frames) == {1.0, 4.0}, frames  # 2D batches are 1-frame clips, 3D batches 4-view windows
+    assert all(math.isfinite(h["loss"]) for h in summary["history"])
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(CONFIG, ["max_steps=7", "optimizer.lr=0.5", "data.window=null", "new.key=[1,2]"])
+    assert cfg.max_steps == 7 and cfg.optimizer.lr == 0.5 and cfg.data.window is None and list(cfg.new.key) == [1, 2]
+    assert cfg.checkpoint.keep_last == 3  # from the YAML; engine defaults fill what it omits
+    assert cfg.skip_nonfinite_loss == 0 and cfg.ema.enabled is False
+    assert parse_args(["--config", "x.yaml", "a=1", "b.c=2"]) == ("x.yaml", ["a=1", "b.c=2"])
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "x.yaml", "not_an_override"])
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="mixed_precision"):
+        load_config(CONFIG, ["mixed_precision=fp8"])
+    with pytest.raises(ValueError, match="max_steps"):
+        load_config(CONFIG, ["max_steps=0"])
+    for name in ("toy_vae", "toy_i2mv", "t2mv_modelscope", "i2mv_i2vgenxl"):
+        load_config(REPO / "configs" / f"{name}.yaml")
+    from omegaconf import OmegaConf
+
+    from videomv.train.mv import load_vae
+
+    with pytest.raises(FileNotFoundError, match="vae.path.*train_vae"):
+        load_vae(OmegaConf.create({"path": str(tmp_path / "no_vae")}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_vae(OmegaConf.create({"path": str(tmp_path / "empty")}))
+    with pytest.raises(ValueError, match="vae.path"):
+        load_vae(OmegaConf.create({}))
+    paper = load_config(REPO / "configs" / "t2mv_modelscope.yaml")
+    assert paper.unet.base == "damo-vilab/text-to-video-ms-1.7b" and paper.optimizer.lr == pytest.approx(3e-5)
+    assert paper.data.caption_suffix == ", 3d asset" and paper.mixed_precision == "fp16"
+
+
+# ----------------------------------------------------------------------------- checkpoint format
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _trained_optimizer():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    for _ in range(2):
+        model(torch.randn(5, 3)).pow(2).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return model, opt, sched
+
+
+def test_checkpoint_files_are_safetensors_json_atomic_and_pruned(tmp_path):
+    model, opt, sched = _trained_optimizer()
+    ema = {"net": EMA(model, 0.9)}
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    # A crash mid-save leaves a temp folder: never picked by latest, replaced by the next save.
+    (tmp_path / "checkpoints" / ".tmp-step_000009").mkdir(parents=True)
+    assert manager.latest() is None and manager.resolve("latest") is None
+    for step in (3, 6, 9):
+        manager.save(step, models={"net": model}, optimizer=opt, lr_scheduler=sched, ema=ema,
+                     trainer_state={"data": {"epoch": 0, "position": step}})
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_000006", "step_000009"]  # keep_last=2, no temp folder left
+    ckpt = manager.latest()
+    assert ckpt.name == "step_000009"
+    for f in ckpt.iterdir():
+        assert f.suffix in (".safetensors", ".json"), f.name
+        if f.suffix == ".safetensors":
+            _load(f)  # parses as safetensors
+        else:
+            json.loads(f.read_text())
+    assert not list(ckpt.glob("*.tmp"))
+
+    # Round trip into fresh objects restores weights, optimizer, scheduler, EMA, RNG.
+    torch.manual_seed(1)
+    model2 = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (1 + s))
+    ema2 = {"net": EMA(model2, 0.9)}
+    state = manager.load(ckpt, models={"net": model2}, optimizer=opt2, lr_scheduler=sched2, ema=ema2)
+    assert state["step"] == 9 and state["data"]["position"] == 9
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert sched2.last_epoch == sched.last_epoch and sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
+    for p1, p2 in zip(model.parameters(), model2.parameters()):
+        s1, s2 = opt.state[p1], opt2.state[p2]
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(s1[key], s2[key], rtol=0, atol=0)
+
+
+def test_optimizer_and_rng_state_round_trip():
+    _, opt, _ = _trained_optimizer()
+    tensors, meta = optimizer_to_safe(opt.state_dict())
+    json.dumps(meta)  # the non-tensor part is plain JSON
+    back = optimizer_from_safe(tensors, json.loads(json.dumps(meta)))
+    ref = opt.state_dict()
+    assert back["param_groups"] == json.loads(json.dumps(ref["param_groups"]))
+    for pid, st in ref["state"].items():
+        for key, value in st.items():
+            torch.testing.assert_close(back["state"][pid][key], value)
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    tensors, meta = rng_state()
+    meta = json.loads(json.dumps(meta))
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    set_rng_state(tensors, meta)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    torch.testing.assert_close(draws[0], again[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(draws[1], again[1])
+    assert draws[2] == again[2]
+
+
+# ----------------------------------------------------------------------------- data order
+def test_sharded_order_partitions_and_resumes():
+    orders = [ShardedOrder(10, batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]
+    assert orders[0].batches_per_epoch == 2  # 10 // (2 * 2)
+    for epoch in range(3):
+        b0, b1 = orders[0].batches(epoch), orders[1].batches(epoch)
+        flat = [i for batch in b0 + b1 for i in batch]
+        assert len(flat) == len(set(flat)) == 8  # disjoint across ranks, no repeats in an epoch
+        perm = orders[0].epoch_order(epoch).tolist()
+        assert b0[0] == perm[0:2] and b1[0] == perm[2:4] and b0[1] == perm[4:6]
+    assert orders[0].batches(0) != orders[0].batches(1)  # reshuffled each epoch
+    small = ShardedOrder(3, batch_size=4, seed=0)  # fewer items than a batch: permutations repeat
+    assert small.batches_per_epoch == 1 and sorted(small.batches(0)[0][:3]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="empty"):
+        ShardedOrder(0, 1)
+
+    data = list(range(10))
+    stream = BatchStream(data, ShardedOrder(10, 3, seed=1))
+    seen = [next(stream).tolist() for _ in range(7)]  # crosses two epoch boundaries (3 batches each)
+    resumed = BatchStream(data, ShardedOrder(10, 3, seed=1))
+    resumed.load_state_dict({"epoch": 1, "position": 1})
+    assert [next(resumed).tolist() for _ in range(3)] == seen[4:7]
+
+
+# ----------------------------------------------------------------------------- EMA and objective
+def test_ema_matches_closed_form():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, decay=0.5)
+    expected = 1.0
+    for n, value in enumerate([3.0, 5.0, 7.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model, step=n)
+        d = min(0.5, (1 + n) / (10 + n))  # warm-up: 0.1, 0.1818..., 0.25
+        expected = d * expected + (1 - d) * value
+        assert ema.shadow["weight"].item() == pytest.approx(expected)
+    target = torch.nn.Linear(1, 1, bias=False)
+    ema.copy_to(target)
+    assert target.weight.item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.5)
+
+
+def test_diffusion_targets_and_min_snr_weights():
+    text = build_noise_scheduler("t2v_eps")
+    image = build_noise_scheduler("i2v_v_zero_snr")
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32)
+    torch.testing.assert_close(text.betas, betas)
+    assert image.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-8)  # zero terminal SNR
+    assert text.config.prediction_type == "epsilon" and image.config.prediction_type == "v_prediction"
+
+    torch.manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    t = torch.tensor([10, 700])
+    assert torch.equal(diffusion_target(text, x0, eps, t), eps)
+    ac = image.alphas_cumprod[t].view(2, 1, 1, 1, 1)
+    torch.testing.assert_close(diffusion_target(image, x0, eps, t), ac.sqrt() * eps - (1 - ac).sqrt() * x0)
+
+    pred = torch.zeros_like(eps)
+    mse = eps.pow(2).flatten(1).mean(1)
+    assert diffusion_loss(pred, eps, text, t).item() == pytest.approx(mse.mean().item(), rel=1e-6)
+    ac_t = text.alphas_cumprod[t]
+    snr = ac_t / (1 - ac_t)
+    w = torch.minimum(snr, torch.tensor(5.0)) / snr
+    assert diffusion_loss(pred, eps, text, t, min_snr_gamma=5.0).item() == pytest.approx((w * mse).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="preset"):
+        build_noise_scheduler("nope")

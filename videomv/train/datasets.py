@@ -1,0 +1,231 @@
+"""Training data from the config: G-Objaverse-layout datasets, the toy world built on first use,
+view windows, text dropout and the 3D/2D batch alternation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .batches import BatchStream, ShardedOrder
+from .config import REPO_ROOT, resolve_path  # noqa: F401  (resolve_path is part of this module's API)
+
+def ensure_toy_dataset(root: Path, toy: DictConfig | dict) -> Path:
+    """Build the toy world at ``root`` when it does not exist yet (``toyworld.json`` marks it done)."""
+    root = Path(root)
+    settings_file = root / "toyworld.json"
+    if settings_file.is_file() and (root / "train.txt").is_file():
+        settings = json.loads(settings_file.read_text())
+        if int(settings.get("resolution", -1)) != int(toy["resolution"]):
+            raise ValueError(
+                f"toy world at {str(root)!r} was rendered at {settings.get('resolution')} px but the config asks "
+                f"for data.toy.resolution={toy['resolution']}: point data.root elsewhere or delete it")
+        return root
+    from videomv.data.toy_writer import build_dataset  # imported lazily: only toy configs need it
+
+    split = tuple(float(x) for x in toy.get("split", (0.9, 0.05, 0.05)))
+    build_dataset(root, int(toy["num_objects"]), int(toy["resolution"]), seed=int(toy.get("seed", 0)),
+                  split=split, workers=toy.get("workers"))
+    return root
+
+
+def dataset_root(data_cfg: DictConfig) -> Path:
+    root = resolve_path(data_cfg.root)
+    if data_cfg.get("toy"):
+        ensure_toy_dataset(root, data_cfg.toy)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
+    return root
+
+
+def build_multiview_dataset(data_cfg: DictConfig, split: str = "train"):
+    """``GObjaverseDataset`` for ``split`` (``objects`` for train, ``val_objects`` for val)."""
+    from videomv.data import GObjaverseDataset
+
+    root = dataset_root(data_cfg)
+    key = "objects" if split == "train" else f"{split}_objects"
+    objects = data_cfg.get(key)
+    if objects is not None and isinstance(objects, str):
+        objects = str(resolve_path(objects, root))
+    captions = data_cfg.get("captions")
+    if isinstance(captions, str):
+        captions = str(resolve_path(captions, root))
+    return GObjaverseDataset(
+        str(root), objects=objects, num_views=int(data_cfg.get("num_views", 24)),
+        resolution=int(data_cfg.resolution), background=data_cfg.get("background", "grey"),
+        captions=captions, caption_suffix=data_cfg.get("caption_suffix", ""),
+        random_elevation_subset=bool(data_cfg.get("random_elevation_subset", False)),
+    )
+
+
+def build_image_dataset(image_cfg: DictConfig, data_cfg: DictConfig):
+    from videomv.data import ImageCaptionDataset
+
+    root = resolve_path(image_cfg.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.image_data.root {str(root)!r} does not exist")
+    return ImageCaptionDataset(str(root), resolution=int(data_cfg.resolution),
+                               background=data_cfg.get("background", "grey"),
+                               caption_suffix=image_cfg.get("caption_suffix", ""))
+
+
+def view_window(num_views: int, window: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of ``window`` consecutive views starting at a random view, wrapping around the orbit."""
+    if not 1 <= window <= num_views:
+        raise ValueError(f"data.window must be in [1, {num_views}], got {window}")
+    start = int(torch.randint(num_views, (1,), generator=generator))
+    return (start + torch.arange(window)) % num_views
+
+
+def take_views(batch: dict, index: torch.Tensor) -> dict:
+    """Restrict the per-frame entries (images, alphas, cameras, cached latents) of a batch to ``index``."""
+    out = dict(batch)
+    for key in ("images", "alphas", "cameras", "latent_mean", "latent_std"):
+        if key in out and torch.is_tensor(out[key]):
+            out[key] = out[key][:, index]
+    return out
+
+
+def drop_text(prompts: list[str], probability: float, generator: torch.Generator | None = None) -> list[str]:
+    """Replace each prompt by "" with ``probability`` (classifier-free guidance training)."""
+    if probability <= 0:
+        return list(prompts)
+    keep = torch.rand(len(prompts), generator=generator) >= probability
+    return [p if k else "" for p, k in zip(prompts, keep.tolist())]
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, keep strings as lists, numbers as tensors."""
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if torch.is_tensor(values[0]):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], str):
+            out[key] = values
+        elif isinstance(values[0], (bool, int, float)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class MixedStream:
+    """Alternates a 3D (multi-view) stream with a 2D (1-frame) stream.
+
+    Frame counts differ, so each step takes a whole batch from one stream. The choice for step
+    ``k`` comes from a generator seeded by (seed, k): identical on all processes (DDP needs the
+    same graph everywhere) and independent of resuming.
+    """
+
+    def __init__(self, multiview: BatchStream, images: BatchStream | None, probability: float, seed: int):
+        self.multiview, self.images, self.probability, self.seed = multiview, images, float(probability), seed
+        self.count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.count)
+        self.count += 1
+        use_images = self.images is not None and float(torch.rand((), generator=g)) < self.probability
+        return next(self.images) if use_images else next(self.multiview)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "multiview": self.multiview.state_dict(),
+                "images": self.images.state_dict() if self.images is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+        self.multiview.load_state_dict(state["multiview"])
+        if self.images is not None and state.get("images"):
+            self.images.load_state_dict(state["images"])
+
+
+def make_stream(dataset, batch_size: int, seed: int, rank: int, world: int, num_workers: int = 0) -> BatchStream:
+    return BatchStream(dataset, ShardedOrder(len(dataset), batch_size, seed, rank, world), collate, num_workers)
+
+
+def read_prompts(value) -> list[str]:
+    """Validation prompts: a list, or a path to a .txt (one per line) / .json list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        path = resolve_path(value)
+        if path.suffix == ".json":
+            return list(json.loads(path.read_text()))
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [str(v) for v in value]
+
+
+class LatentCache(Dataset):
+    """Multi-view items with the frozen VAE's posterior (mean, std) in place of the images.
+
+    Encoding every view once (instead of every step) makes toy training several times cheaper.
+    Stored in one safetensors file (fp16 mean/std, fp32 cameras; captions and object ids in its
+    metadata), keyed by a hash of the VAE weights and the dataset settings, so a changed VAE or
+    dataset is never served stale latents. Latents are in VAE units (not yet scaled).
+    """
+
+    def __init__(self, dataset, vae, path: Path, key: str, device="cpu", chunk: int = 96):
+        path = Path(path)
+        self.path = path
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") == key:
+                    self._load(f, meta)
+                    return
+        self._build(dataset, vae, key, device, chunk)
+
+    def _load(self, f, meta: dict) -> None:
+        self.mean, self.std = f.get_tensor("mean"), f.get_tensor("std")
+        self.cameras = f.get_tensor("cameras")
+        self.captions = json.loads(meta["captions"])
+        self.object_ids = json.loads(meta["object_ids"])
+
+    @torch.no_grad()
+    def _build(self, dataset, vae, key: str, device, chunk: int) -> None:
+        means, stds, cameras, captions, ids = [], [], [], [], []
+        for i in tqdm(range(len(dataset)), desc="caching latents", unit="obj"):
+            item = dataset[i]
+            parts = [vae.encode(x.to(device, vae.dtype)).latent_dist for x in item["images"].split(chunk)]
+            means.append(torch.cat([p.mean for p in parts]).half().cpu())
+            stds.append(torch.cat([p.std for p in parts]).half().cpu())
+            cameras.append(item["cameras"].float())
+            captions.append(item["caption"])
+            ids.append(item["object_id"])
+        self.mean, self.std, self.cameras = torch.stack(means), torch.stack(stds), torch.stack(cameras)
+        self.captions, self.object_ids = captions, ids
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous(), "cameras": self.cameras.contiguous()}, str(tmp),
+                  metadata={"key": key, "captions": json.dumps(captions), "object_ids": json.dumps(ids)})
+        os.replace(tmp, self.path)
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def __getitem__(self, index: int) -> dict:
+        return {"latent_mean": self.mean[index].float(), "latent_std": self.std[index].float(),
+                "cameras": self.cameras[index], "caption": self.captions[index],
+                "object_id": self.object_ids[index], "has_cameras": True}
+
+
+def latent_cache_key(vae, data_cfg, dataset) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    settings = {k: data_cfg.get(k) for k in ("root", "resolution", "background", "num_views", "caption_suffix")}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(json.dumps(list(getattr(dataset, "objects", []))).encode())
+    return h.hexdigest()

@@ -1,0 +1,58 @@
+"""Diffusion training objective: the training noise schedule, noising, targets, min-SNR weights."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+# Training schedules of the two bases (DESIGN.md): ModelScope-T2V is eps-prediction, I2VGen-XL is
+# v-prediction with a zero-terminal-SNR schedule; both use linear betas 0.00085–0.012 over 1000 steps.
+SCHEDULE_PRESETS = {
+    "t2v_eps": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                    prediction_type="epsilon", rescale_betas_zero_snr=False, clip_sample=False),
+    "i2v_v_zero_snr": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                           prediction_type="v_prediction", rescale_betas_zero_snr=True, clip_sample=False),
+}
+
+
+def build_noise_scheduler(preset: str | None = "t2v_eps", **overrides) -> DDPMScheduler:
+    """DDPM training scheduler from a preset name (see :data:`SCHEDULE_PRESETS`) plus overrides."""
+    if preset is not None and preset not in SCHEDULE_PRESETS:
+        raise ValueError(f"noise schedule preset must be one of {sorted(SCHEDULE_PRESETS)}, got {preset!r}")
+    kwargs = dict(SCHEDULE_PRESETS[preset]) if preset else {}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return DDPMScheduler(**kwargs)
+
+
+def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at integer ``timesteps``."""
+    ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return ac / (1.0 - ac).clamp_min(1e-20)
+
+
+def diffusion_target(scheduler: DDPMScheduler, latents, noise, timesteps) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r} (expected epsilon or v_prediction)")
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, timesteps: torch.Tensor,
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
+    """Mean-squared error, optionally weighted per sample with min-SNR-γ (Hang et al. 2023).
+
+    Weight for eps-prediction: min(SNR, γ)/SNR; for v-prediction: min(SNR, γ)/(SNR + 1).
+    With a zero-terminal-SNR schedule SNR(T)=0; weights there use the v form, which stays finite.
+    """
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    if not min_snr_gamma:
+        return per_sample.mean()
+    s = snr(scheduler, timesteps)
+    clipped = torch.minimum(s, torch.full_like(s, float(min_snr_gamma)))
+    if scheduler.config.prediction_type == "v_prediction":
+        weight = clipped / (s + 1.0)
+    else:
+        weight = clipped / s.clamp_min(1e-8)
+    return (weight * per_sample).mean()

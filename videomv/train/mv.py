@@ -1,0 +1,312 @@
+"""Stage 1: fine-tune a camera-conditioned video UNet on orbit renders (text → MV or image → MV).
+
+Per step: views (B, F, 3, H, W) → frozen VAE latents (B, C, F, h, w) → noised at a random
+timestep → the UNet predicts eps or v given the prompt embedding (dropped to "" with
+``data.text_dropout``) and the per-view cameras → MSE (optionally min-SNR-γ weighted).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+from omegaconf import DictConfig, OmegaConf
+
+from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
+                       read_prompts, resolve_path, take_views, view_window)
+from .diffusion import build_noise_scheduler, diffusion_loss, diffusion_target
+from .engine import Task
+
+
+def _plain(node) -> dict:
+    """An optional config mapping as a plain dict ({} when absent)."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def local_or_hub(value: str, subfolder: str | None, key: str) -> str:
+    """A local diffusers folder (checked for ``config.json``) or else a hub id ``org/name``."""
+    path = resolve_path(value)
+    if path.exists():
+        where = path / subfolder if subfolder else path
+        if not (where / "config.json").is_file():
+            raise FileNotFoundError(f"{key}: no diffusers model at {str(where)!r} (config.json missing)")
+        return str(path)
+    if str(value).count("/") == 1 and not str(value).startswith((".", "/", "~")):
+        return str(value)  # hub id; loading needs the weights in the local hub cache or network access
+    raise FileNotFoundError(
+        f"{key}: {str(path)!r} does not exist (for the toy configs train the VAE first: "
+        "python scripts/train_vae.py --config configs/toy_vae.yaml)")
+
+
+def load_vae(vae_cfg: DictConfig) -> AutoencoderKL:
+    """``vae.path`` (a diffusers model folder, ``vae.subfolder`` optional) or ``vae.init`` (a fresh
+    ``AutoencoderKL`` config: only for tests and smoke runs)."""
+    if vae_cfg.get("path"):
+        subfolder = vae_cfg.get("subfolder") or None
+        return AutoencoderKL.from_pretrained(local_or_hub(vae_cfg.path, subfolder, "vae.path"), subfolder=subfolder)
+    if vae_cfg.get("init"):
+        return AutoencoderKL(**OmegaConf.to_container(vae_cfg.init, resolve=True))
+    raise ValueError("config needs vae.path (a diffusers AutoencoderKL folder) or vae.init (a fresh config)")
+
+
+def build_unet(model_cfg: DictConfig, kind: str):
+    from videomv.models import I2MVUNet, T2MVUNet
+
+    cls = T2MVUNet if kind == "t2mv" else I2MVUNet
+    if model_cfg.get("pretrained"):  # a multi-view UNet saved by this project (e.g. <run>/final)
+        subfolder = model_cfg.get("subfolder", "unet")
+        return cls.from_pretrained(local_or_hub(model_cfg.pretrained, subfolder, "unet.pretrained"), subfolder=subfolder)
+    if model_cfg.get("base"):
+        subfolder = model_cfg.get("subfolder", "unet")
+        return cls.from_base(local_or_hub(model_cfg.base, subfolder, "unet.base"), subfolder=subfolder)
+    if model_cfg.get("init"):
+        return cls(**OmegaConf.to_container(model_cfg.init, resolve=True))
+    raise ValueError("config needs unet.base (video UNet: hub id or local folder), unet.pretrained "
+                     "(a saved multi-view UNet) or unet.init (a tiny config)")
+
+
+def build_text_conditioner(text_cfg: DictConfig):
+    from videomv.models.conditioning import TextConditioner
+
+    if text_cfg.get("base"):
+        return TextConditioner.from_pretrained(local_or_hub(text_cfg.base, "text_encoder", "text_encoder.base"),
+                                               **_plain(text_cfg.get("kwargs")))
+    if text_cfg.get("init"):
+        return TextConditioner.tiny(**OmegaConf.to_container(text_cfg.init, resolve=True))
+    raise ValueError("config needs text_encoder.base (CLIP text model folder/hub id) or text_encoder.init")
+
+
+def build_image_conditioner(image_cfg: DictConfig, vae: AutoencoderKL):
+    """``image_encoder.base``: a diffusers I2VGen-XL folder/hub id (``image_encoder`` and
+    ``feature_extractor`` subfolders); ``image_encoder.init``: a tiny random CLIP vision model."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from videomv.models.conditioning import ImageConditioner
+
+    if image_cfg.get("base"):
+        source = local_or_hub(image_cfg.base, "image_encoder", "image_encoder.base")
+        encoder = CLIPVisionModelWithProjection.from_pretrained(source, subfolder="image_encoder")
+        extractor = CLIPImageProcessor.from_pretrained(source, subfolder="feature_extractor")
+        return ImageConditioner.from_feature_extractor(encoder, extractor, vae)
+    if image_cfg.get("init"):
+        kwargs = OmegaConf.to_container(image_cfg.init, resolve=True)
+        return ImageConditioner(ImageConditioner.tiny_image_encoder(**kwargs), vae, image_size=kwargs.get("image_size", 32))
+    raise ValueError("config needs image_encoder.base (I2VGen-XL folder/hub id) or image_encoder.init")
+
+
+def vae_encode(vae: AutoencoderKL, images: torch.Tensor, scaling_factor: float, sample: bool = True,
+               chunk: int = 32) -> torch.Tensor:
+    """(B, F, 3, H, W) in [-1, 1] → scaled latents (B, C, F, h, w)."""
+    b, f = images.shape[:2]
+    flat = images.flatten(0, 1).to(device=vae.device, dtype=vae.dtype)
+    parts = []
+    for piece in flat.split(chunk):
+        dist = vae.encode(piece).latent_dist
+        parts.append(dist.sample() if sample else dist.mode())
+    z = torch.cat(parts) * scaling_factor
+    return z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)
+
+
+def vae_decode(vae: AutoencoderKL, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """(B, C, F, h, w) scaled latents → images (B, F, 3, H, W) in [-1, 1]."""
+    b, _, f = latents.shape[:3]
+    flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / scaling_factor
+    return vae.decode(flat.to(vae.dtype)).sample.unflatten(0, (b, f))
+
+
+class MultiViewTask(Task):
+    """Text → multi-view (``model.kind: t2mv``) or image → multi-view (``model.kind: i2mv``)."""
+
+    def __init__(self, cfg: DictConfig, accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.kind = cfg.model.kind
+        if self.kind not in ("t2mv", "i2mv"):
+            raise ValueError(f"model.kind must be t2mv or i2mv, got {self.kind!r}")
+        device = accelerator.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+
+        self.vae = load_vae(cfg.vae).to(device).requires_grad_(False).eval()
+        if self.weight_dtype != torch.float32:
+            self.vae.to(dtype=self.weight_dtype)
+        self.scaling_factor = float(cfg.vae.get("scaling_factor") or self.vae.config.scaling_factor)
+        self.unet = build_unet(cfg.unet, self.kind)
+        self.text = build_text_conditioner(cfg.text_encoder)
+        self.train_text_encoder = bool(cfg.text_encoder.get("train", False))
+        self.text.to(device)
+        if not self.train_text_encoder:
+            self.text.requires_grad_(False)
+            self.text.to(dtype=self.weight_dtype)
+        self.image_conditioner = None
+        if self.kind == "i2mv":
+            self.image_conditioner = build_image_conditioner(cfg.image_encoder, self.vae)
+            self.image_conditioner.to(device).requires_grad_(False)
+        sched = cfg.noise_scheduler
+        self.noise_scheduler = build_noise_scheduler(sched.get("preset", "t2v_eps"),
+                                                     **_plain(sched.get("overrides")))
+        with accelerator.main_process_first():  # the main process builds a missing toy world / cache
+            self.train_dataset = build_multiview_dataset(cfg.data, "train")
+            self.latents = None
+            if cfg.data.get("cache_latents"):
+                if self.kind == "i2mv":
+                    raise ValueError("data.cache_latents is for text -> MV only (I2MV needs the input image)")
+                key = latent_cache_key(self.vae, cfg.data, self.train_dataset)
+                path = resolve_path(cfg.output_dir) / "latent_cache.safetensors"
+                self.latents = LatentCache(self.train_dataset, self.vae, path, key, device)
+        self.image_dataset = build_image_dataset(cfg.data.image_data, cfg.data) \
+            if cfg.data.get("image_data") and cfg.data.image_data.get("probability", 0) > 0 else None
+
+    # -- engine interface
+    def trainable_models(self):
+        models = {"unet": self.unet}
+        if self.train_text_encoder:
+            models["text_encoder"] = self.text.text_encoder  # the CLIPTextModel; the tokenizer has no weights
+        return models
+
+    def enable_gradient_checkpointing(self):
+        self.unet.enable_gradient_checkpointing()
+
+    def make_batches(self, rank, world):
+        dl = self.cfg.dataloader
+        seed = int(self.cfg.seed)
+        source = self.latents if self.latents is not None else self.train_dataset
+        mv = make_stream(source, int(dl.batch_size), seed, rank, world, int(dl.num_workers))
+        images = None
+        if self.image_dataset is not None:
+            images = make_stream(self.image_dataset, int(self.cfg.data.image_data.batch_size), seed + 1, rank, world,
+                                 int(dl.num_workers))
+        prob = float(self.cfg.data.image_data.probability) if images is not None else 0.0
+        return MixedStream(mv, images, prob, seed)
+
+    def encode_prompts(self, prompts: list[str], text_model=None) -> torch.Tensor:
+        """(B, 77, D) prompt embeddings; ``text_model`` is the (DDP-wrapped) trainable CLIPTextModel."""
+        if text_model is None:
+            return self.text.encode(prompts).to(self.accelerator.device)
+        ids = self.text.tokenize(prompts).to(self.accelerator.device)
+        return text_model(ids)[0]
+
+    def loss(self, batch, models, step):
+        device = self.accelerator.device
+        window = self.cfg.data.get("window")
+        num_views = batch["cameras"].shape[1]
+        if window and num_views > 1:
+            batch = take_views(batch, view_window(num_views, int(window)))
+        if "latent_mean" in batch:  # cached posterior: sample it here, (B, F, C, h, w) -> (B, C, F, h, w)
+            mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+            latents = ((mean + std * torch.randn_like(mean)) * self.scaling_factor).permute(0, 2, 1, 3, 4)
+            images = None
+        else:
+            images = batch["images"]
+            with torch.no_grad():
+                latents = vae_encode(self.vae, images, self.scaling_factor).float()
+        bsz = latents.shape[0]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
+
+        has_cameras = batch["has_cameras"].to(device).bool()
+        cameras = batch.get("cameras")
+        if cameras is None or not torch.is_tensor(cameras):
+            cameras = torch.zeros(bsz, latents.shape[2], 4, 4)
+        cameras = cameras.to(device).float()
+        camera_mask = has_cameras.float()
+
+        if self.kind == "t2mv":
+            prompts = drop_text(list(batch["caption"]), float(self.cfg.data.get("text_dropout", 0.0)))
+            text_model = models.get("text_encoder")
+            if text_model is None:
+                with torch.no_grad():
+                    context = self.encode_prompts(prompts)
+            else:
+                context = self.encode_prompts(prompts, text_model)
+            pred = models["unet"](noisy, timesteps, encoder_hidden_states=context, cameras=cameras,
+                                  camera_mask=camera_mask).sample
+        else:
+            prompt = self.cfg.data.get("prompt", "")
+            with torch.no_grad():
+                context = self.encode_prompts([prompt] * bsz)
+                # The condition is the first view of the orbit, given in [0, 1].
+                first = ((images[:, 0].float() + 1) / 2).clamp(0, 1).to(device)
+                cond = self.image_conditioner.encode(first, num_frames=latents.shape[2])
+            pred = models["unet"](noisy, timesteps, fps=int(self.cfg.model.get("fps", 16)),
+                                  image_latents=cond.image_latents.float(),
+                                  image_embeddings=cond.image_embeddings.float(),
+                                  encoder_hidden_states=context, cameras=cameras, camera_mask=camera_mask).sample
+        loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"))
+        return loss, {"frames": float(latents.shape[2])}
+
+    # -- validation: sample a few prompts (text) or validation objects (image), save a grid
+    def validate(self, step, out_dir: Path, models):
+        from videomv.geometry import orbit_cameras
+        from videomv.sampling import I2MVPipeline, T2MVPipeline
+
+        val = self.cfg.validation
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        text = self.text  # holds the same CLIPTextModel object as models["text_encoder"]
+        views = int(val.get("num_views", 8))
+        cams = orbit_cameras(num_views=views, elevation=float(val.get("elevation", 15.0)),
+                             radius=float(val.get("radius", 2.0)))
+        common = dict(cameras=cams, num_inference_steps=int(val.get("steps", 20)),
+                      guidance_scale=float(val.get("guidance_scale", 9.0 if self.kind == "t2mv" else 6.0)),
+                      seed=int(self.cfg.seed), progress=False)
+        rows = []
+        if self.kind == "t2mv":
+            prompts = read_prompts(val.get("prompts"))
+            pipe = T2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
+                                unet=models["unet"], scheduler=scheduler)
+            for prompt in prompts:
+                rows.append(pipe(prompt, **common).images[0].float().cpu())
+        else:
+            from transformers import CLIPImageProcessor
+
+            cond = self.image_conditioner
+            size = {"height": cond.image_size, "width": cond.image_size}
+            extractor = CLIPImageProcessor(size={"shortest_edge": cond.image_size}, crop_size=size,
+                                           image_mean=cond.mean.flatten().tolist(), image_std=cond.std.flatten().tolist())
+            pipe = I2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
+                                image_encoder=cond.image_encoder, feature_extractor=extractor,
+                                unet=models["unet"], scheduler=scheduler)
+            for i in range(min(int(val.get("num_objects", 2)), len(self.train_dataset))):
+                image = (self.train_dataset[i]["images"][0] + 1) / 2
+                out = pipe(image.to(self.accelerator.device), prompt=self.cfg.data.get("prompt", ""),
+                           target_fps=int(self.cfg.model.get("fps", 16)), **common)
+                rows.append(torch.cat([image[None].cpu(), out.images[0].float().cpu()]))
+        if rows:
+            save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")
+        return {}
+
+
+    def finish(self, out_dir: Path, models):
+        """Export a diffusers-style folder ``<output_dir>/final`` (EMA weights when EMA is on):
+        unet/, vae/, text_encoder/ + tokenizer/, scheduler/ (DDIM, sampling), all safetensors."""
+        import shutil
+
+        final, tmp = Path(out_dir) / "final", Path(out_dir) / ".tmp-final"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        models["unet"].save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        if self.vae.dtype != torch.float32:
+            self.vae.to(torch.float32)
+        self.vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        self.text.text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
+        self.text.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if self.image_conditioner is not None:
+            self.image_conditioner.image_encoder.save_pretrained(str(tmp / "image_encoder"), safe_serialization=True)
+        DDIMScheduler.from_config(self.noise_scheduler.config).save_pretrained(str(tmp / "scheduler"))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """(rows, cols, 3, H, W) in [0, 1] → one PNG, written atomically."""
+    from PIL import Image
+
+    r, c, _, h, w = images.shape
+    grid = images.clamp(0, 1).permute(0, 3, 1, 4, 2).reshape(r * h, c * w, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    Image.fromarray((grid.numpy() * 255 + 0.5).astype("uint8")).save(tmp)
+    os.replace(tmp, path)
