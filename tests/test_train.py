@@ -365,8 +365,13 @@ def test_ema_matches_closed_form():
 def test_diffusion_targets_and_min_snr_weights():
     text = build_noise_scheduler("t2v_eps")
     image = build_noise_scheduler("i2v_v_zero_snr")
-    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32)
+    # ModelScope's "scaled_linear" betas: linear in sqrt(beta) from sqrt(0.00085) to sqrt(0.012).
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
     torch.testing.assert_close(text.betas, betas)
+    from videomv.sampling.ddim import image_scheduler, text_scheduler
+
+    torch.testing.assert_close(text.alphas_cumprod, text_scheduler().alphas_cumprod)  # train == sample
+    torch.testing.assert_close(image.alphas_cumprod, image_scheduler().alphas_cumprod)
     assert image.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-8)  # zero terminal SNR
     assert text.config.prediction_type == "epsilon" and image.config.prediction_type == "v_prediction"
 

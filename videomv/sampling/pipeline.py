@@ -204,7 +204,7 @@ class I2MVPipeline(_MultiViewPipeline):
         num_inference_steps: int = 50,
         guidance_scale: float = 6.0,
         negative_prompt: str | list[str] | None = None,
-        target_fps: int = 8,
+        target_fps: int = 16,
         clip_skip: int | None = 1,
         eta: float = 0.0,
         generator: torch.Generator | None = None,

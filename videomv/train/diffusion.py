@@ -5,21 +5,27 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-# Training schedules of the two bases (DESIGN.md): ModelScope-T2V is eps-prediction, I2VGen-XL is
-# v-prediction with a zero-terminal-SNR schedule; both use linear betas 0.00085–0.012 over 1000 steps.
-SCHEDULE_PRESETS = {
-    "t2v_eps": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
-                    prediction_type="epsilon", rescale_betas_zero_snr=False, clip_sample=False),
-    "i2v_v_zero_snr": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
-                           prediction_type="v_prediction", rescale_betas_zero_snr=True, clip_sample=False),
-}
+def _sampling_config(preset: str) -> dict:
+    """The training schedule is the sampling scheduler's own (same betas, prediction type, zero-SNR
+    rescaling), so training and DDIM sampling can never disagree."""
+    from videomv.sampling.ddim import image_scheduler, text_scheduler
+
+    scheduler = text_scheduler() if preset == "t2v_eps" else image_scheduler()
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+            "rescale_betas_zero_snr", "clip_sample")
+    return {k: scheduler.config[k] for k in keys}
+
+
+# ModelScope-T2V: eps-prediction, "scaled_linear" betas 0.00085-0.012; I2VGen-XL: v-prediction,
+# squaredcos_cap_v2 betas rescaled to zero terminal SNR; both 1000 training steps.
+SCHEDULE_PRESETS = ("t2v_eps", "i2v_v_zero_snr")
 
 
 def build_noise_scheduler(preset: str | None = "t2v_eps", **overrides) -> DDPMScheduler:
     """DDPM training scheduler from a preset name (see :data:`SCHEDULE_PRESETS`) plus overrides."""
     if preset is not None and preset not in SCHEDULE_PRESETS:
         raise ValueError(f"noise schedule preset must be one of {sorted(SCHEDULE_PRESETS)}, got {preset!r}")
-    kwargs = dict(SCHEDULE_PRESETS[preset]) if preset else {}
+    kwargs = _sampling_config(preset) if preset else {}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return DDPMScheduler(**kwargs)
 

@@ -164,9 +164,9 @@ class ReconstructorTask(Task):
                 lpips_loss = lpips_loss + self.lpips(out["rgb"], target[i, idx]).mean()
         n = len(gaussians)
         loss = (rgb_loss + float(cfg.loss.get("alpha", 1.0)) * alpha_loss + self.lpips_weight * lpips_loss) / n
-        logs = {"mse_rgb": float(rgb_loss) / n, "mse_alpha": float(alpha_loss) / n}
+        logs = {"mse_rgb": float(rgb_loss.detach()) / n, "mse_alpha": float(alpha_loss.detach()) / n}
         if self.lpips is not None:
-            logs["lpips"] = float(lpips_loss) / n
+            logs["lpips"] = float(lpips_loss.detach()) / n
         return loss, logs
 
     @torch.no_grad()

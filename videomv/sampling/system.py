@@ -1,0 +1,198 @@
+"""`VideoMV`: the whole method behind one object — multi-view pipeline (text or image) + reconstructor
++ 3D-aware sampling — saved and loaded as one folder.
+
+Folder layout (a diffusers pipeline folder with two additions):
+    model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, [image_encoder/, feature_extractor/]
+    reconstructor/   model.safetensors + config.json (optional: without it no 3D-aware sampling)
+    videomv.json     task ("text" | "image"), camera defaults, field of view, background
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..gaussians import GaussianSet
+from ..geometry import check_c2w, orbit_cameras
+from ..recon import Reconstructor
+from .aware import ReconstructionHook, aware_step_indices, find_orthogonal_views, orthogonal_cameras_for
+from .pipeline import I2MVPipeline, T2MVPipeline
+
+SETTINGS_NAME = "videomv.json"
+RECONSTRUCTOR_DIR = "reconstructor"
+
+
+@dataclass
+class VideoMVSettings:
+    """What a trained model needs besides its weights (defaults: the text model of the release)."""
+
+    task: str = "text"  # "text" | "image"
+    num_views: int = 24
+    elevation: float = 15.0
+    radius: float = 2.0
+    fovy: float = 49.1
+    background: tuple = (0.5, 0.5, 0.5)
+    guidance_scale: float = 9.0
+    num_inference_steps: int = 50
+    resolution: int = 256
+    fps: int = 16  # image model: the fps condition it was trained with
+
+    def __post_init__(self):
+        if self.task not in ("text", "image"):
+            raise ValueError(f"task must be 'text' or 'image', got {self.task!r}")
+        self.background = tuple(float(b) for b in self.background)
+
+    @classmethod
+    def for_task(cls, task: str, **overrides) -> "VideoMVSettings":
+        """Release defaults: text 15 deg / 2.0 / grey / guidance 9; image 5 deg / 1.7 / white / 6."""
+        if task == "image":
+            base = dict(task="image", elevation=5.0, radius=1.7, background=(1.0, 1.0, 1.0), guidance_scale=6.0)
+        else:
+            base = dict(task="text")
+        return cls(**{**base, **overrides})
+
+
+@dataclass
+class VideoMVOutput:
+    """images: (F, 3, H, W) in [0, 1], one per camera; cameras: (F, 4, 4) project c2w;
+    gaussians: a reconstruction of the final views (None without a reconstructor);
+    aware_steps: loop indices where the reconstruction replaced z0."""
+
+    images: torch.Tensor
+    cameras: torch.Tensor
+    gaussians: GaussianSet | None
+    aware_steps: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+
+class VideoMV:
+    def __init__(self, pipeline: T2MVPipeline | I2MVPipeline, reconstructor: Reconstructor | None,
+                 settings: VideoMVSettings):
+        expected = T2MVPipeline if settings.task == "text" else I2MVPipeline
+        if not isinstance(pipeline, expected):
+            raise TypeError(f"task {settings.task!r} needs a {expected.__name__}, got {type(pipeline).__name__}")
+        self.pipeline, self.reconstructor, self.settings = pipeline, reconstructor, settings
+
+    # ------------------------------------------------------------------------------------------ #
+    # folders
+    # ------------------------------------------------------------------------------------------ #
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        torch_dtype: torch.dtype = torch.float32) -> "VideoMV":
+        path = Path(path)
+        settings_file = path / SETTINGS_NAME
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{path} is not a VideoMV model folder: {SETTINGS_NAME} is missing")
+        settings = VideoMVSettings(**json.loads(settings_file.read_text()))
+        pipeline_cls = T2MVPipeline if settings.task == "text" else I2MVPipeline
+        pipeline = pipeline_cls.from_pretrained(path, torch_dtype=torch_dtype).to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        recon_dir = path / RECONSTRUCTOR_DIR
+        reconstructor = Reconstructor.from_pretrained(recon_dir, device=device) if recon_dir.is_dir() else None
+        return cls(pipeline, reconstructor, settings)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.pipeline.save_pretrained(path)
+        if self.reconstructor is not None:
+            self.reconstructor.save_pretrained(path / RECONSTRUCTOR_DIR)
+        (path / SETTINGS_NAME).write_text(json.dumps(asdict(self.settings), indent=2))
+
+    # ------------------------------------------------------------------------------------------ #
+    # latents <-> images
+    # ------------------------------------------------------------------------------------------ #
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.pipeline.decode_latents(latents)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) in [0, 1] -> (B, C, F, h, w) scaled latents (posterior mode)."""
+        vae = self.pipeline.vae
+        b, f = images.shape[:2]
+        x = images.reshape(b * f, *images.shape[2:]).to(device=vae.device, dtype=vae.dtype) * 2 - 1
+        z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+        return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    # ------------------------------------------------------------------------------------------ #
+    # generation
+    # ------------------------------------------------------------------------------------------ #
+
+    def default_cameras(self, num_views: int | None = None, elevation: float | None = None,
+                        radius: float | None = None) -> torch.Tensor:
+        s = self.settings
+        return orbit_cameras(num_views or s.num_views, s.elevation if elevation is None else elevation,
+                             s.radius if radius is None else radius)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        image: torch.Tensor | None = None,
+        cameras: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        three_d_aware: bool = True,
+        aware_steps: list[int] | None = None,
+        branches: str = "both",
+        negative_prompt: str | None = None,
+        eta: float = 0.0,
+        progress: bool = True,
+    ) -> VideoMVOutput:
+        """Generate views (and Gaussians) for one text prompt or one image ((3, H, W) in [0, 1]).
+
+        cameras: (F, 4, 4) project c2w, default the model's orbit. When they do not contain 4
+        orthogonal views for the reconstructor, 4 such views are generated alongside and dropped.
+        aware_steps: loop indices for the reconstruction (default `aware_step_indices`)."""
+        s = self.settings
+        if s.task == "text":
+            if image is not None or not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError("this is a text model: give a non-empty prompt and no image")
+        elif image is None or not torch.is_tensor(image) or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError("this is an image model: give image as a (3, H, W) tensor in [0, 1]")
+        steps = num_inference_steps or s.num_inference_steps
+        guidance = s.guidance_scale if guidance_scale is None else guidance_scale
+        cameras = self.default_cameras() if cameras is None else check_c2w(cameras, "cameras")
+        if cameras.ndim != 3:
+            raise ValueError(f"cameras: expected (F, 4, 4), got {tuple(cameras.shape)}")
+        num_requested = len(cameras)
+
+        input_views = find_orthogonal_views(cameras) if self.reconstructor is not None else None
+        if self.reconstructor is not None and input_views is None:
+            cameras = torch.cat([cameras, orthogonal_cameras_for(cameras)])
+            input_views = list(range(num_requested, num_requested + 4))
+        schedule = (aware_step_indices(steps) if aware_steps is None else list(aware_steps)) if three_d_aware else []
+        if schedule and self.reconstructor is None:
+            raise ValueError("3D-aware sampling needs a reconstructor; this model has none (use three_d_aware=False)")
+
+        hook = None
+        if schedule:
+            hook = ReconstructionHook(self.reconstructor, self.decode, self.encode, cameras[None], s.fovy,
+                                      s.background, schedule, input_views, guidance, branches)
+        common = dict(cameras=cameras[None], num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
+                      height=s.resolution, width=s.resolution, z0_hook=hook, negative_prompt=negative_prompt,
+                      output_type="pt", progress=progress)
+        if s.task == "text":
+            out = self.pipeline(prompt, **common)
+        else:
+            out = self.pipeline(image.float().clamp(0, 1), target_fps=s.fps, **common)
+        images = out.images[0].float()
+
+        gaussians = None
+        if self.reconstructor is not None:
+            gaussians = self.reconstructor.reconstruct(images[None, input_views].to(self.pipeline.device),
+                                                       cameras[None, input_views], fovy=s.fovy)[0]
+        return VideoMVOutput(
+            images=images[:num_requested].cpu(),
+            cameras=cameras[:num_requested],
+            gaussians=None if gaussians is None else gaussians.detach().to("cpu"),
+            aware_steps=hook.calls if hook else [],
+            settings=dict(task=s.task, prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                          three_d_aware=bool(schedule), aware_steps=schedule, branches=branches, eta=eta,
+                          negative_prompt=negative_prompt, fovy=s.fovy, background=list(s.background)),
+        )
