@@ -11,17 +11,6 @@ from videomv.geometry.cameras import intrinsics_from_fov, orbit_cameras
 from videomv.geometry.rays import get_rays
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tests run many small tensor ops; one intra-op thread avoids thread-pool stalls on a
-    busy machine. The previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(previous)
-
-
 def uv_sphere(radius, center=(0.0, 0.0, 0.0), rings=48, segments=96) -> mesh.Mesh:
     """Closed latitude/longitude sphere, built independently of marching cubes."""
     theta = np.linspace(0, np.pi, rings + 1)[1:-1]

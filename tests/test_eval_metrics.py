@@ -12,17 +12,6 @@ from videomv.eval import availability, flow, metrics, perceptual
 from videomv.eval.availability import MetricUnavailable
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tests run many small tensor ops; one intra-op thread avoids thread-pool stalls on a
-    busy machine. The previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(previous)
-
-
 def smooth_texture(h, w, seed=0, blur=2.0):
     """Band-limited random RGB texture in [0, 1] (blurred noise, stretched to the full range)."""
     g = torch.Generator().manual_seed(seed)

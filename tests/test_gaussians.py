@@ -24,16 +24,6 @@ from videomv.geometry import intrinsics_from_fov, look_at, opengl_to_opencv, orb
 FOVY = 49.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared; one thread avoids oversubscription and keeps timings stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_scene(n, seed=0, radius=0.5, scale=(0.01, 0.03), dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1)

@@ -27,15 +27,6 @@ TINY = dict(
 B, F, H = 2, 3, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair(base_cls, ours_cls, seed=0):
     torch.manual_seed(seed)
     base = base_cls(**TINY).eval()

@@ -45,14 +45,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops on a shared 2-core machine run far faster single-threaded
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory):
     return tmp_path_factory.mktemp("toy") / "world16"  # built by the first run (data.toy)
@@ -97,6 +89,11 @@ def test_toy_run_loss_falls_and_saves_resolved_config(tmp_path, toy_root):
         torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
     text = TextConditioner.from_pretrained(str(out / "final"))
     assert text.encode(["a red sphere"]).shape == (1, 77, 16)
+    from videomv.sampling import T2MVPipeline, text_scheduler
+
+    pipe = T2MVPipeline.from_pretrained(str(out / "final"))  # a whole pipeline folder
+    assert torch.equal(pipe.scheduler.alphas_cumprod, text_scheduler().alphas_cumprod)
+    assert pipe.scheduler.config.steps_offset == 1 and pipe.scheduler.config.prediction_type == "epsilon"
 
     saved = load_config(out / "config.yaml", [])
     assert saved.max_steps == 40 and saved.optimizer.lr == pytest.approx(3e-3)

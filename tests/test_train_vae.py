@@ -22,8 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_toy_vae_training_and_export(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path / "vae_run"
     overrides = [
         f"data.root={tmp_path / 'world16'}", "data.toy.num_objects=6", "data.toy.resolution=16",
@@ -40,7 +38,6 @@ def test_toy_vae_training_and_export(tmp_path):
         summary = train(cfg, VAETask)
     finally:
         AcceleratorState._reset_state(True)
-        torch.set_num_threads(threads)
     losses = [h["loss"] for h in summary["history"]]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from videomv.geometry.cameras import check_c2w, intrinsics_from_fov, opengl_to_opencv
+from videomv.gaussians.gaussian_set import quaternion_to_matrix
 
 
 def grid_axis(resolution: int, bound: float) -> torch.Tensor:
@@ -27,19 +28,6 @@ def grid_points(resolution: int, bound: float) -> torch.Tensor:
     """(R, R, R, 3) world coordinates of the grid's sample points."""
     axis = grid_axis(resolution, bound)
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-
-
-def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """(N, 4) quaternions (w, x, y, z), normalised here -> (N, 3, 3) rotations."""
-    w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).view(-1, 3, 3)
 
 
 def _check_gaussians(means, scales, rotations, opacities):

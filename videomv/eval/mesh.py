@@ -15,12 +15,12 @@ Meshes hold numpy arrays: vertices (V, 3) float64, faces (F, 3) int64.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from videomv.io import atomic_write, atomic_write_text
 
 IOU_RESOLUTION = 64
 IOU_BOUND = 0.55  # normalised meshes lie in [-0.5, 0.5]^3; a small margin keeps the grid's faces empty
@@ -245,24 +245,10 @@ def mesh_metrics(
 # --------------------------------------------------------------------------------------------- #
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_obj(path: str | Path, mesh: Mesh) -> None:
     lines = [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in mesh.vertices]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces]
-    _atomic_write(Path(path), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def load_obj(path: str | Path) -> Mesh:
@@ -293,7 +279,7 @@ def save_ply(path: str | Path, mesh: Mesh) -> None:
     faces = np.empty(len(mesh.faces), dtype=[("vertex_indices", "i4", (3,))])
     faces["vertex_indices"] = mesh.faces
     data = PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")])
-    _atomic_write(Path(path), data.write)
+    atomic_write(path, lambda tmp: data.write(str(tmp)))
 
 
 def load_ply(path: str | Path) -> Mesh:

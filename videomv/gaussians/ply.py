@@ -6,14 +6,13 @@ logit, scales as logs; rotations are (w, x, y, z). Normals are written as zeros.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
+from ..io import atomic_write
 from .gaussian_set import GaussianSet
 
 SH_C0 = 0.28209479177387814
@@ -46,15 +45,7 @@ def save_ply(gaussians: GaussianSet, path: str | Path, min_opacity: float = 0.0)
     for i, name in enumerate(PLY_PROPERTIES):
         vertices[name] = columns[:, i]
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            PlyData([PlyElement.describe(vertices, "vertex")]).write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: PlyData([PlyElement.describe(vertices, "vertex")]).write(str(tmp)))
     return len(columns)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..gaussians import GaussianSet
+from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
 from ..recon import Reconstructor
 from .aware import ReconstructionHook, aware_step_indices, find_orthogonal_views, orthogonal_cameras_for
@@ -113,10 +114,7 @@ class VideoMV:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, F, 3, H, W) in [0, 1] -> (B, C, F, h, w) scaled latents (posterior mode)."""
         vae = self.pipeline.vae
-        b, f = images.shape[:2]
-        x = images.reshape(b * f, *images.shape[2:]).to(device=vae.device, dtype=vae.dtype) * 2 - 1
-        z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
-        return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+        return vae_encode(vae, images * 2 - 1, vae.config.scaling_factor, sample=False)
 
     # ------------------------------------------------------------------------------------------ #
     # generation

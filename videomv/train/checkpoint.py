@@ -30,23 +30,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from videomv.io import atomic_write, atomic_write_text
+
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 # ----------------------------------------------------------------------------- small helpers
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """safetensors file written to a temp name then renamed (tensors copied to contiguous CPU memory)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """safetensors file written atomically (tensors copied to contiguous CPU memory)."""
     data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(data, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
 
 
 def optimizer_to_safe(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -17,6 +17,8 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from videomv.io import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -91,11 +93,7 @@ def _check(cfg: DictConfig) -> None:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict:

@@ -7,12 +7,14 @@ timestep → the UNet predicts eps or v given the prompt embedding (dropped to "
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from omegaconf import DictConfig, OmegaConf
+
+from videomv.io import atomic_directory, atomic_write
+from videomv.models.latents import vae_encode
 
 from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
                        read_prompts, resolve_path, take_views, view_window)
@@ -94,26 +96,6 @@ def build_image_conditioner(image_cfg: DictConfig, vae: AutoencoderKL):
         kwargs = OmegaConf.to_container(image_cfg.init, resolve=True)
         return ImageConditioner(ImageConditioner.tiny_image_encoder(**kwargs), vae, image_size=kwargs.get("image_size", 32))
     raise ValueError("config needs image_encoder.base (I2VGen-XL folder/hub id) or image_encoder.init")
-
-
-def vae_encode(vae: AutoencoderKL, images: torch.Tensor, scaling_factor: float, sample: bool = True,
-               chunk: int = 32) -> torch.Tensor:
-    """(B, F, 3, H, W) in [-1, 1] → scaled latents (B, C, F, h, w)."""
-    b, f = images.shape[:2]
-    flat = images.flatten(0, 1).to(device=vae.device, dtype=vae.dtype)
-    parts = []
-    for piece in flat.split(chunk):
-        dist = vae.encode(piece).latent_dist
-        parts.append(dist.sample() if sample else dist.mode())
-    z = torch.cat(parts) * scaling_factor
-    return z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)
-
-
-def vae_decode(vae: AutoencoderKL, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """(B, C, F, h, w) scaled latents → images (B, F, 3, H, W) in [-1, 1]."""
-    b, _, f = latents.shape[:3]
-    flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / scaling_factor
-    return vae.decode(flat.to(vae.dtype)).sample.unflatten(0, (b, f))
 
 
 class MultiViewTask(Task):
@@ -238,36 +220,47 @@ class MultiViewTask(Task):
         return loss, {"frames": float(latents.shape[2])}
 
     # -- validation: sample a few prompts (text) or validation objects (image), save a grid
+    def build_pipeline(self, models):
+        """The current weights as a sampling pipeline, with the DDIM scheduler of the base model
+        (same betas and prediction type as training)."""
+        from transformers import CLIPImageProcessor
+
+        from videomv.sampling import I2MVPipeline, T2MVPipeline
+        from videomv.sampling.ddim import image_scheduler, text_scheduler
+
+        base = text_scheduler() if self.kind == "t2mv" else image_scheduler()
+        trained = {k: self.noise_scheduler.config[k] for k in ("num_train_timesteps", "beta_start", "beta_end",
+                                                               "beta_schedule", "prediction_type",
+                                                               "rescale_betas_zero_snr")}
+        scheduler = DDIMScheduler.from_config({**base.config, **trained})
+        text = self.text  # holds the same CLIPTextModel object as models["text_encoder"]
+        if self.kind == "t2mv":
+            return T2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
+                                unet=models["unet"], scheduler=scheduler)
+        cond = self.image_conditioner
+        size = {"height": cond.image_size, "width": cond.image_size}
+        extractor = CLIPImageProcessor(size={"shortest_edge": cond.image_size}, crop_size=size,
+                                       image_mean=cond.mean.flatten().tolist(), image_std=cond.std.flatten().tolist())
+        return I2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
+                            image_encoder=cond.image_encoder, feature_extractor=extractor,
+                            unet=models["unet"], scheduler=scheduler)
+
     def validate(self, step, out_dir: Path, models):
         from videomv.geometry import orbit_cameras
-        from videomv.sampling import I2MVPipeline, T2MVPipeline
 
         val = self.cfg.validation
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
-        text = self.text  # holds the same CLIPTextModel object as models["text_encoder"]
         views = int(val.get("num_views", 8))
         cams = orbit_cameras(num_views=views, elevation=float(val.get("elevation", 15.0)),
                              radius=float(val.get("radius", 2.0)))
         common = dict(cameras=cams, num_inference_steps=int(val.get("steps", 20)),
                       guidance_scale=float(val.get("guidance_scale", 9.0 if self.kind == "t2mv" else 6.0)),
                       seed=int(self.cfg.seed), progress=False)
+        pipe = self.build_pipeline(models)
         rows = []
         if self.kind == "t2mv":
-            prompts = read_prompts(val.get("prompts"))
-            pipe = T2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
-                                unet=models["unet"], scheduler=scheduler)
-            for prompt in prompts:
+            for prompt in read_prompts(val.get("prompts")):
                 rows.append(pipe(prompt, **common).images[0].float().cpu())
         else:
-            from transformers import CLIPImageProcessor
-
-            cond = self.image_conditioner
-            size = {"height": cond.image_size, "width": cond.image_size}
-            extractor = CLIPImageProcessor(size={"shortest_edge": cond.image_size}, crop_size=size,
-                                           image_mean=cond.mean.flatten().tolist(), image_std=cond.std.flatten().tolist())
-            pipe = I2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
-                                image_encoder=cond.image_encoder, feature_extractor=extractor,
-                                unet=models["unet"], scheduler=scheduler)
             for i in range(min(int(val.get("num_objects", 2)), len(self.train_dataset))):
                 image = (self.train_dataset[i]["images"][0] + 1) / 2
                 out = pipe(image.to(self.accelerator.device), prompt=self.cfg.data.get("prompt", ""),
@@ -277,27 +270,14 @@ class MultiViewTask(Task):
             save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")
         return {}
 
-
     def finish(self, out_dir: Path, models):
-        """Export a diffusers-style folder ``<output_dir>/final`` (EMA weights when EMA is on):
-        unet/, vae/, text_encoder/ + tokenizer/, scheduler/ (DDIM, sampling), all safetensors."""
-        import shutil
-
-        final, tmp = Path(out_dir) / "final", Path(out_dir) / ".tmp-final"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        models["unet"].save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        """Export ``<output_dir>/final``, a pipeline folder (model_index.json, unet/, vae/,
+        text_encoder/, tokenizer/, scheduler/ [, image_encoder/, feature_extractor/]; safetensors;
+        EMA weights when EMA is on) that `T2MVPipeline` / `I2MVPipeline.from_pretrained` load."""
         if self.vae.dtype != torch.float32:
             self.vae.to(torch.float32)
-        self.vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
-        self.text.text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
-        self.text.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if self.image_conditioner is not None:
-            self.image_conditioner.image_encoder.save_pretrained(str(tmp / "image_encoder"), safe_serialization=True)
-        DDIMScheduler.from_config(self.noise_scheduler.config).save_pretrained(str(tmp / "scheduler"))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_directory(Path(out_dir) / "final") as tmp:
+            self.build_pipeline(models).save_pretrained(str(tmp), safe_serialization=True)
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
@@ -306,7 +286,4 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
 
     r, c, _, h, w = images.shape
     grid = images.clamp(0, 1).permute(0, 3, 1, 4, 2).reshape(r * h, c * w, 3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray((grid.numpy() * 255 + 0.5).astype("uint8")).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray((grid.numpy() * 255 + 0.5).astype("uint8")).save(tmp, format="PNG"))

@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 
 from .datasets import build_multiview_dataset, make_stream, resolve_path
 from .engine import Task
-from .mv import save_grid, vae_decode, vae_encode
+from videomv.models.latents import vae_decode, vae_encode
+
+from .mv import save_grid
 
 BACKGROUNDS = {"grey": (0.5, 0.5, 0.5), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 

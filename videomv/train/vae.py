@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from omegaconf import DictConfig, OmegaConf
+
+from videomv.io import atomic_directory
 
 from .datasets import build_multiview_dataset, make_stream
 from .engine import Task
@@ -109,16 +110,7 @@ class VAETask(Task):
         vae.register_to_config(scaling_factor=scaling)
         held = self.heldout_psnr(vae)
         target = Path(out_dir) / "vae"
-        tmp = Path(out_dir) / ".tmp-vae"
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        vae.save_pretrained(str(tmp), safe_serialization=True)  # safetensors weights + config.json
-        (tmp / "metrics.json").write_text(json.dumps({"heldout_psnr": held, "scaling_factor": scaling}, indent=1))
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with atomic_directory(target) as tmp:
+            vae.save_pretrained(str(tmp), safe_serialization=True)  # safetensors weights + config.json
+            (tmp / "metrics.json").write_text(json.dumps({"heldout_psnr": held, "scaling_factor": scaling}, indent=1))
         print(f"toy VAE saved to {target}: held-out PSNR {held:.2f} dB, scaling_factor {scaling:.4f}")
