@@ -47,15 +47,6 @@ def toy_view_set(index: int = 3, resolution: int = 32, azimuth_jitter: torch.Ten
                    alphas=rgba[:, 3:])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Fitting many tiny tensors: one intra-op thread is ~10x faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def no_weights(tmp_path_factory):
     """A metric suite in an environment without any metric weights on disk."""

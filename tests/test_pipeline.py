@@ -224,7 +224,7 @@ def test_i2mv_matches_diffusers_i2vgen_xl():
 
     ours = I2MVPipeline(unet=_with_camera_branch(base, I2MVUNet), scheduler=image_scheduler(), **parts)
     out = ours(image, cameras=orbit_cameras(VIEWS, elevation=5.0, radius=1.7), num_inference_steps=STEPS,
-               seed=2, progress=False, output_type="latent", clip_skip=None)
+               target_fps=8, seed=2, progress=False, output_type="latent", clip_skip=None)
     ref = I2VGenXLPipeline(unet=base, scheduler=image_scheduler(), **parts)
     ref.set_progress_bar_config(disable=True)
     ref_latents = ref(prompt="", image=Image.fromarray(pixels), height=16, width=16, target_fps=8,

@@ -5,13 +5,20 @@
 Reports medians over interleaved repeats of: one full sample (latents only, and with VAE decoding)
 of `T2MVPipeline` vs `TextToVideoSDPipeline`, per denoising step, and one training step
 (forward + backward + AdamW) of `T2MVUNet` with cameras vs `UNet3DConditionModel`.
+With a VideoMV model folder (default: the embedded toy text model, when present) it also reports
+3D-aware over plain sampling with the default schedule, and the wall time of the README's main
+command (`scripts/sample.py`, a fresh process, everything included).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, TextToVideoSDPipeline, UNet3DConditionModel
@@ -21,6 +28,10 @@ from videomv.geometry import camera_vector, orbit_cameras
 from videomv.models import T2MVUNet
 from videomv.models.conditioning import TextConditioner
 from videomv.sampling import T2MVPipeline, text_scheduler
+from videomv.sampling.system import VideoMV
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN_PROMPT = "a red cube on top of a blue cylinder"
 
 
 def build(channels: tuple[int, ...], text_dim: int):
@@ -69,7 +80,14 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv",
+                        help="VideoMV folder for the 3D-aware overhead and the main-command timing")
+    parser.add_argument("--aware-repeats", type=int, default=2)
+    parser.add_argument("--only-model", action="store_true", help="skip the pipeline/training comparisons")
     args = parser.parse_args()
+    if args.only_model:
+        torch.set_num_threads(args.threads)
+        return model_benchmarks(args)
     torch.set_num_threads(args.threads)
     channels = tuple(int(c) for c in args.channels.split(","))
     base, ours, vae, text = build(channels, text_dim=32)
@@ -126,6 +144,30 @@ def main():
     train = interleaved({name: train_step(name) for name in models}, args.repeats, "training steps")
     print(f"{'training step':24s} ours {train['ours']:.3f} s  diffusers {train['diffusers']:.3f} s  "
           f"ratio {train['ours'] / train['diffusers']:.3f}  (target <= 1.10)")
+    model_benchmarks(args)
+
+
+def model_benchmarks(args) -> None:
+    """3D-aware vs plain sampling of a VideoMV model (default schedule), and the main command."""
+    if not (args.model / "videomv.json").is_file():
+        print(f"no VideoMV model at {args.model}: skipping the 3D-aware overhead and main-command timing")
+        return
+    model = VideoMV.from_pretrained(args.model)
+    steps = model.settings.num_inference_steps
+
+    def sample(aware):
+        return lambda: model(prompt=MAIN_PROMPT, seed=0, three_d_aware=aware, progress=False)
+
+    m = interleaved({"plain": sample(False), "3d-aware": sample(True)}, args.aware_repeats, "3D-aware overhead")
+    print(f"{model.settings.num_views} views, {steps} steps, {args.threads} thread(s), model {args.model}")
+    print(f"{'3D-aware vs plain':24s} 3d-aware {m['3d-aware']:.2f} s  plain {m['plain']:.2f} s  "
+          f"ratio {m['3d-aware'] / m['plain']:.3f}  (target <= 1.25)")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, str(REPO / "scripts" / "sample.py"), "--prompt", MAIN_PROMPT,
+                   "--model", str(args.model), "--out", str(Path(tmp) / "out")]
+        seconds = timed(lambda: subprocess.run(command, check=True, capture_output=True))
+    print(f"{'README main command':24s} {seconds:.1f} s wall (fresh process, {steps} steps, 3D-aware; "
+          "target <= 60 s)")
 
 
 if __name__ == "__main__":

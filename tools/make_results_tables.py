@@ -170,16 +170,16 @@ def results_page(args, runs: list[dict], tool_argv: list[str]) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    from videomv.eval.report import write_text_atomic
+    from videomv.io import atomic_write_text
 
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "prompts.txt", "\n".join(split_prompts(args.toy_root, args.split, args.limit)) + "\n")
+    atomic_write_text(args.out / "prompts.txt", "\n".join(split_prompts(args.toy_root, args.split, args.limit)) + "\n")
     runs = plan_runs(args)
     for run in runs:
         run["out"] = run["argv"][run["argv"].index("--out") + 1]
         print(f"== {run['label']}: {command(run['script'], run['argv'])}", flush=True)
         run_script(run["script"], run["argv"])
-    write_text_atomic(args.results, results_page(args, runs, argv))
+    atomic_write_text(args.results, results_page(args, runs, argv))
     print(f"-> {args.results}")
     return 0
 

@@ -12,9 +12,9 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from videomv.io import atomic_write_text
 
 UNAVAILABLE = "unavailable"
 
@@ -92,20 +92,6 @@ def read_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_table(out_dir: str | Path, name: str, rows: list[dict], columns: list[str], notes: dict | None = None,
                 settings: dict | None = None, label_column: str = "item") -> dict[str, Path]:
     """Write `<name>.md`, `<name>.csv` (item rows + mean row) and, given settings, `<name>_settings.json`.
@@ -115,9 +101,9 @@ def write_table(out_dir: str | Path, name: str, rows: list[dict], columns: list[
     out_dir = Path(out_dir)
     table = rows + [mean_row(rows, columns, label_column)]
     paths = {"markdown": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv"}
-    write_text_atomic(paths["markdown"], to_markdown(table, columns, notes=notes))
-    write_text_atomic(paths["csv"], to_csv(table, columns))
+    atomic_write_text(paths["markdown"], to_markdown(table, columns, notes=notes))
+    atomic_write_text(paths["csv"], to_csv(table, columns))
     if settings is not None:
         paths["settings"] = out_dir / f"{name}_settings.json"
-        write_text_atomic(paths["settings"], json.dumps({**settings, "notes": notes or {}}, indent=2, default=str))
+        atomic_write_text(paths["settings"], json.dumps({**settings, "notes": notes or {}}, indent=2, default=str))
     return paths
