@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Check the embedded toy models against their bar on unseen toy test objects (see
+`videomv/eval/toy_bar.py`): text -> views close >= half the floor-ceiling PSNR gap with neighbouring
+views no more than 2x as different as ground truth's; image -> views >= 20 dB.
+
+    python tools/toy_model_bar.py --root data/toy_world_64 --limit 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from videomv.eval.toy_bar import image_bar_psnr, text_bar_row
+from videomv.sampling.system import VideoMV
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=REPO / "data" / "toy_world_64", help="toy dataset folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=16)
+    p.add_argument("--text-model", type=Path, default=REPO / "data" / "embedded" / "t2mv")
+    p.add_argument("--image-model", type=Path, default=REPO / "data" / "embedded" / "i2mv")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-3d-aware", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    split_file = args.root / f"{args.split}.txt"
+    if not split_file.is_file():
+        p.error(f"--root: {split_file} does not exist (build the toy world with tools/make_toy_dataset.py)")
+    objects = [line.strip() for line in split_file.read_text().splitlines() if line.strip()][: args.limit]
+    aware = not args.no_3d_aware
+
+    if (args.text_model / "videomv.json").is_file():
+        model = VideoMV.from_pretrained(args.text_model)
+        rows = [text_bar_row(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps)
+                for o in tqdm(objects, desc="text -> views")]
+        print("| object | caption | generated dB | floor dB | ceiling dB | gap closed | neighbour diff gen / truth |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r.object_id} | {r.caption} | {r.generated:.2f} | {r.floor:.2f} | {r.ceiling:.2f} | "
+                  f"{r.gap_closed:.2f} | {r.neighbour_generated:.4f} / {r.neighbour_truth:.4f} |")
+        gap = statistics.mean(r.gap_closed for r in rows)
+        ratio = statistics.mean(r.neighbour_generated for r in rows) / statistics.mean(r.neighbour_truth for r in rows)
+        print(f"\ntext -> views over {len(rows)} objects: generated {statistics.mean(r.generated for r in rows):.2f} dB, "
+              f"floor {statistics.mean(r.floor for r in rows):.2f} dB, ceiling {statistics.mean(r.ceiling for r in rows):.2f} dB; "
+              f"gap closed {gap:.2f} (bar >= 0.5: {'pass' if gap >= 0.5 else 'FAIL'}); neighbour-difference ratio "
+              f"{ratio:.2f} (bar <= 2: {'pass' if ratio <= 2 else 'FAIL'})")
+    else:
+        print(f"no text model at {args.text_model}")
+
+    if (args.image_model / "videomv.json").is_file():
+        model = VideoMV.from_pretrained(args.image_model)
+        scores = [image_bar_psnr(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps)
+                  for o in tqdm(objects, desc="image -> views")]
+        mean = statistics.mean(scores)
+        print(f"image -> views over {len(scores)} objects: {mean:.2f} dB (bar >= 20: {'pass' if mean >= 20 else 'FAIL'})")
+    else:
+        print(f"no image model at {args.image_model}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The bar the embedded toy models must clear, on toy test objects they never saw.
+
+Text -> views: PSNR of the generated views against the ground-truth renders of a test object with
+that caption, at that object's cameras. Two references bound it: the floor, a constant background
+image, and the ceiling, another toy object with the same caption (same recipe, other sizes and
+turns) rendered at the same cameras. `gap_closed` = (generated - floor) / (ceiling - floor); the bar
+is a mean of at least 0.5. Consistency: the mean absolute difference between neighbouring views,
+generated vs ground truth (bar: ratio <= 2).
+Image -> views: PSNR against the object's own ground truth, conditioned on its view 0 (bar: >= 20 dB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from videomv.data import toyworld
+
+from .geometry_eval import toy_object_for
+from .metrics import psnr
+
+
+def composite(rgba: torch.Tensor, background) -> torch.Tensor:
+    """(V, H, W, 4) straight-alpha renders -> (V, 3, H, W) on `background`."""
+    bg = torch.as_tensor(background, dtype=rgba.dtype).view(1, 1, 1, 3)
+    rgb = rgba[..., :3] * rgba[..., 3:] + bg * (1 - rgba[..., 3:])
+    return rgb.permute(0, 3, 1, 2).clamp(0, 1)
+
+
+def neighbour_difference(views: torch.Tensor) -> float:
+    """Mean absolute difference between consecutive views of an orbit, wrapping around."""
+    return float((views - views.roll(-1, dims=0)).abs().mean())
+
+
+def mean_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float(psnr(pred.clamp(0, 1), target.clamp(0, 1)).mean())
+
+
+@dataclass
+class TextBarRow:
+    object_id: str
+    caption: str
+    generated: float
+    floor: float
+    ceiling: float
+    neighbour_generated: float
+    neighbour_truth: float
+
+    @property
+    def gap_closed(self) -> float:
+        return (self.generated - self.floor) / max(self.ceiling - self.floor, 1e-6)
+
+
+def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1, three_d_aware: bool = True,
+                 steps: int | None = None) -> TextBarRow:
+    """Score one test object (see the module docstring)."""
+    s = model.settings
+    obj = toy_object_for(root, object_id)
+    cams, _, _ = toyworld.orbit_for(obj)
+    truth = composite(toyworld.render_object(obj, cams, s.resolution, s.fovy), s.background)
+    twin = toyworld.sample_like(obj, seed=10_000 + like_index, index=like_index)
+    ceiling = composite(toyworld.render_object(twin, cams, s.resolution, s.fovy), s.background)
+    floor = torch.tensor(s.background).view(1, 3, 1, 1).expand_as(truth)
+    out = model(prompt=obj.caption, cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
+                progress=False)
+    return TextBarRow(object_id, obj.caption, mean_psnr(out.images, truth), mean_psnr(floor, truth),
+                      mean_psnr(ceiling, truth), neighbour_difference(out.images), neighbour_difference(truth))
+
+
+def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
+                   steps: int | None = None) -> float:
+    """PSNR of image -> views against the object's own renders, conditioned on its view 0."""
+    s = model.settings
+    obj = toy_object_for(root, object_id)
+    cams, _, _ = toyworld.orbit_for(obj)
+    truth = composite(toyworld.render_object(obj, cams, s.resolution, s.fovy), s.background)
+    out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
+                progress=False)
+    return mean_psnr(out.images, truth)
