@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from scipy.spatial.transform import Rotation
 
 from videomv.gaussians.gaussian_set import quaternion_to_matrix
-from videomv.geometry import normalize_to_first_view, orbit_camera, orbit_cameras, plucker_rays
+from videomv.geometry import get_rays, normalize_to_first_view, orbit_camera, orbit_cameras, plucker_rays
 from videomv.recon import (
     Reconstructor,
     ReconstructorConfig,
@@ -52,7 +52,8 @@ def _orbit_rig(elevation=15.0, radius=2.0, start=0.0) -> torch.Tensor:
     return orbit_cameras(24, elevation, radius, start)[[0, 6, 12, 18]]
 
 
-SMALL_INPUT = dict(input_size=32, splat_size=16, output_size=32)  # same weights as `tiny`, 4x cheaper
+# Same weights as `tiny`, 4x cheaper, with LGM's absolute positions (ray positions: their own test).
+SMALL_INPUT = dict(input_size=32, splat_size=16, output_size=32, position="absolute")
 
 
 @pytest.fixture
@@ -480,3 +481,26 @@ def test_select_input_views():
         select_input_views(3, count=4)
     with pytest.raises(ValueError, match="evenly spaced"):
         select_input_views(10, count=4)
+
+
+def test_ray_positions_lie_on_the_pixel_rays():
+    """position='ray': each Gaussian sits on its pixel's camera ray, at signed distance
+    ray_extent * tanh(x0) from the ray's point nearest the origin."""
+    model = Reconstructor(get_preset("tiny", input_size=32, splat_size=16, output_size=32)).eval()
+    assert model.config.position == "ray"
+    raw = torch.zeros(14)
+    raw[0] = 0.5
+    _constant_output(model, raw)
+    cams = orbit_cameras(4, 20.0, 2.0)[None]
+    images = torch.rand(1, 4, 3, 32, 32)
+    inputs, _ = model.prepare_inputs(images, cams)
+    with torch.no_grad():
+        g = model.forward_gaussians(inputs)[0, :, :3].reshape(4, 16, 16, 3)
+    canonical, _ = canonical_cameras(cams, model.config.cam_radius, model.config.rescale_cameras)
+    origins, dirs = get_rays(canonical[0], 16, 16, model.config.fovy)  # splat-pixel rays
+    along = ((g - origins) * dirs).sum(-1, keepdim=True)
+    off_ray = (g - origins - along * dirs).norm(dim=-1)
+    assert off_ray.max() < 2e-3  # on the ray (block-averaged rays vs exact pixel rays)
+    nearest = origins - (origins * dirs).sum(-1, keepdim=True) * dirs
+    signed = ((g - nearest) * dirs).sum(-1)
+    torch.testing.assert_close(signed, torch.full_like(signed, math.tanh(0.5)), atol=2e-3, rtol=0)

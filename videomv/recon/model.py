@@ -111,17 +111,37 @@ class Reconstructor(nn.Module):
         x = self.conv(self.unet(inputs.reshape(batch * views, *inputs.shape[2:])))
         return x.reshape(batch, views, cfg.out_channels, cfg.splat_size, cfg.splat_size)
 
-    def activate(self, splatter: torch.Tensor) -> torch.Tensor:
+    def splat_rays(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The inputs' Plücker channels at splat resolution, (B, V, 6, s, s). Within a view the
+        moment o x d is linear in d, so block averages stay exact rays (up to the norm of d)."""
+        batch, views = inputs.shape[:2]
+        rays = F.adaptive_avg_pool2d(inputs[:, :, 3:9].flatten(0, 1), self.config.splat_size)
+        return rays.unflatten(0, (batch, views))
+
+    def positions(self, raw: torch.Tensor, rays: torch.Tensor | None) -> torch.Tensor:
+        """Gaussian centres (B, N, 3) from the raw position channels (see `ReconstructorConfig.position`)."""
+        if self.config.position == "absolute":
+            return raw.clamp(-1, 1)
+        if rays is None:
+            raise ValueError("position='ray' needs the rays of the splatter pixels")
+        r = rays.permute(0, 1, 3, 4, 2).reshape(raw.shape[0], -1, 6)
+        norm = r[..., 3:].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        moment, direction = r[..., :3] / norm, r[..., 3:] / norm
+        closest = torch.linalg.cross(direction, moment, dim=-1)  # d x (o x d): the ray's point nearest the origin
+        return closest + direction * (self.config.ray_extent * torch.tanh(raw[..., :1]))
+
+    def activate(self, splatter: torch.Tensor, rays: torch.Tensor | None = None) -> torch.Tensor:
         """Raw splatter images (B, V, 14, s, s) -> Gaussians (B, V*s*s, 14) in LGM's layout:
-        pos 3 (clamped to [-1, 1]), opacity 1 (sigmoid), scale 3 (0.1 softplus),
-        rotation 4 (normalised quaternion, w first), rgb 3 (0.5 tanh + 0.5)."""
+        pos 3 (see `positions`; rays (B, V, 6, s, s) needed for position='ray'), opacity 1
+        (sigmoid), scale 3 (0.1 softplus), rotation 4 (normalised quaternion, w first),
+        rgb 3 (0.5 tanh + 0.5)."""
         batch = splatter.shape[0]
         x = splatter.permute(0, 1, 3, 4, 2).reshape(batch, -1, splatter.shape[2])
         pos, opacity, scale, rot, rgb = x.split([3, 1, 3, 4, 3], dim=-1)
         rot_dim = 1 if self.config.lgm_release_rotation else -1  # see ReconstructorConfig
         return torch.cat(
             [
-                pos.clamp(-1, 1),
+                self.positions(pos, rays),
                 torch.sigmoid(opacity),
                 0.1 * F.softplus(scale),
                 F.normalize(rot, dim=rot_dim),
@@ -132,7 +152,8 @@ class Reconstructor(nn.Module):
 
     def forward_gaussians(self, inputs: torch.Tensor) -> torch.Tensor:
         """Network input (B, V, 9, S, S) -> Gaussians (B, V*s*s, 14) in the canonical frame."""
-        return self.activate(self.forward_splatter(inputs))
+        rays = self.splat_rays(inputs) if self.config.position == "ray" else None
+        return self.activate(self.forward_splatter(inputs), rays)
 
     forward = forward_gaussians
 

@@ -41,6 +41,12 @@ class ReconstructorConfig:
     # as rotation activation; set True to reproduce their outputs exactly. False normalises each
     # quaternion to unit length, the intended behaviour.
     lgm_release_rotation: bool = False
+    # How the 3 position channels become a Gaussian centre. "absolute" (LGM): the centre itself,
+    # clamped to [-1, 1]. "ray": anchored on the pixel's camera ray, c = p + d * ray_extent * tanh(x0)
+    # with p the ray's point closest to the origin (x1, x2 unused) -- much easier for a small
+    # network to learn from scratch, as in Splatter Image.
+    position: str = "absolute"
+    ray_extent: float = 1.0
 
     def validate(self) -> "ReconstructorConfig":
         def fail(msg):
@@ -52,6 +58,8 @@ class ReconstructorConfig:
             fail(f"up_attention has {len(self.up_attention)} entries, up_channels {len(self.up_channels)}")
         if not 1 <= len(self.up_channels) <= len(self.down_channels):
             fail(f"need 1 <= len(up_channels) <= len(down_channels), got {len(self.up_channels)} and {len(self.down_channels)}")
+        if self.position not in ("absolute", "ray"):
+            fail(f"position must be 'absolute' or 'ray', got {self.position!r}")
         if self.layers_per_block < 1:
             fail(f"layers_per_block must be >= 1, got {self.layers_per_block}")
         for c in (*self.down_channels, *self.up_channels):
@@ -124,6 +132,7 @@ PRESETS: dict[str, ReconstructorConfig] = {
         layers_per_block=1,
         attention_heads=4,
         num_groups=8,
+        position="ray",
     ),
 }
 
