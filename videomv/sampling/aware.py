@@ -109,9 +109,8 @@ class ReconstructionHook:
         self.gaussians: list[GaussianSet] | None = None  # the latest reconstruction (conditional)
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> list[GaussianSet]:
-        """Gaussians from the input views of decoded images (B, F, 3, H, W) in [0, 1]."""
-        views = images[:, self.input_views]
+    def reconstruct(self, views: torch.Tensor) -> list[GaussianSet]:
+        """Gaussians from the decoded input views (B, 4, 3, H, W) in [0, 1]."""
         cams = self.cameras[:, self.input_views].to(views.device)
         return self.reconstructor.reconstruct(views.clamp(0, 1), cams, fovy=self.fovy_deg)
 
@@ -126,10 +125,10 @@ class ReconstructionHook:
 
     @torch.no_grad()
     def reconstructed_z0(self, z0: torch.Tensor) -> tuple[torch.Tensor, list[GaussianSet]]:
-        images = self.decode(z0)
-        gaussians = self.reconstruct(images)
-        renders = self.render_views(gaussians, images.shape[-2], images.shape[-1])
-        return self.encode(renders.to(images.dtype)).to(z0.dtype), gaussians
+        views = self.decode(z0[:, :, self.input_views])  # only the reconstructor's views are decoded
+        gaussians = self.reconstruct(views)
+        renders = self.render_views(gaussians, views.shape[-2], views.shape[-1])
+        return self.encode(renders.to(views.dtype)).to(z0.dtype), gaussians
 
     def __call__(self, step_index, timestep, z0_cond, z0_uncond, latents):
         if step_index not in self.steps:

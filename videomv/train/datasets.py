@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -14,6 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from videomv.io import atomic_write
 
 from .batches import BatchStream, ShardedOrder
 from .config import REPO_ROOT, resolve_path  # noqa: F401  (resolve_path is part of this module's API)
@@ -205,11 +206,9 @@ class LatentCache(Dataset):
             ids.append(item["object_id"])
         self.mean, self.std, self.cameras = torch.stack(means), torch.stack(stds), torch.stack(cameras)
         self.captions, self.object_ids = captions, ids
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous(), "cameras": self.cameras.contiguous()}, str(tmp),
-                  metadata={"key": key, "captions": json.dumps(captions), "object_ids": json.dumps(ids)})
-        os.replace(tmp, self.path)
+        tensors = {"mean": self.mean.contiguous(), "std": self.std.contiguous(), "cameras": self.cameras.contiguous()}
+        metadata = {"key": key, "captions": json.dumps(captions), "object_ids": json.dumps(ids)}
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def __len__(self) -> int:
         return self.mean.shape[0]
