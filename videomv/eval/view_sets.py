@@ -20,7 +20,7 @@ from PIL import Image
 from videomv.data.common import parse_background, resize
 from videomv.geometry import check_c2w
 
-DEFAULT_BACKGROUND = (0.5, 0.5, 0.5)
+DEFAULT_BACKGROUND = (128 / 255,) * 3  # the text model's grey
 
 
 @dataclass

@@ -59,6 +59,9 @@ class Reconstructor(nn.Module):
             eps=cfg.norm_eps,
         )
         self.conv = nn.Conv2d(cfg.out_channels, cfg.out_channels, kernel_size=1)
+        with torch.no_grad():  # start from small, faint Gaussians (opacity ~0.12, scale ~0.013) rather
+            self.conv.bias[3] = -2.0  # than 16k half-opaque blobs that cover every view
+            self.conv.bias[4:7] = -2.0
 
     # ------------------------------------------------------------------------------------------ #
     # inputs

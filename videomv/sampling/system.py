@@ -35,7 +35,7 @@ class VideoMVSettings:
     elevation: float = 15.0
     radius: float = 2.0
     fovy: float = 49.1
-    background: tuple = (0.5, 0.5, 0.5)
+    background: tuple = (128 / 255,) * 3  # grey, as the training data is composited
     guidance_scale: float = 9.0
     num_inference_steps: int = 50
     resolution: int = 256

@@ -17,25 +17,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from videomv.data.common import parse_background
+
 from .datasets import build_multiview_dataset, make_stream, resolve_path
 from .engine import Task
 from videomv.models.latents import vae_decode, vae_encode
 
 from .mv import save_grid
-
-BACKGROUNDS = {"grey": (0.5, 0.5, 0.5), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-
-
-def background_rgb(value) -> tuple[float, float, float]:
-    if isinstance(value, str):
-        if value not in BACKGROUNDS:
-            raise ValueError(f"data.background must be one of {sorted(BACKGROUNDS)} or 3 numbers, got {value!r}")
-        return BACKGROUNDS[value]
-    rgb = tuple(float(v) for v in value)
-    if len(rgb) != 3:
-        raise ValueError(f"data.background must have 3 values, got {value!r}")
-    return rgb
-
 
 def choose_views(num_views: int, count: int, mode: str, generator: torch.Generator) -> list[int]:
     """`count` view indices: "orthogonal" (evenly spread from view 0) or "random" (distinct, random)."""
@@ -59,7 +47,7 @@ class ReconstructorTask(Task):
             self.model = Reconstructor.from_pretrained(resolve_path(rc.init_from)).train()
         else:
             self.model = Reconstructor(rc.get("preset", "tiny"))
-        self.background = background_rgb(cfg.data.get("background", "grey"))
+        self.background = tuple(parse_background(cfg.data.get("background", "grey")).tolist())
         self.source = cfg.inputs.source
         if self.source not in ("generator", "ground_truth"):
             raise ValueError(f"inputs.source must be 'generator' or 'ground_truth', got {self.source!r}")
