@@ -17,6 +17,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
+from tiny_videomv import tiny_image_videomv, tiny_text_videomv
 from videomv.data import toyworld
 from videomv.data.toy_writer import write_object
 from videomv.eval.geometry_eval import geometry_metrics, hull_mesh, silhouettes_from_background, toy_reference_mesh
@@ -274,36 +275,11 @@ def test_geometry_script_on_a_toy_sphere_object(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_text_dir(tmp_path_factory):
-    from tiny_videomv import tiny_text_videomv
+
 
     path = tmp_path_factory.mktemp("tiny_t2mv")
     tiny_text_videomv(with_reconstructor=False).save_pretrained(path)
     return path
-
-
-def tiny_image_videomv(with_reconstructor: bool = False):
-    """A tiny random image VideoMV, 32x32 views."""
-    from transformers import CLIPImageProcessor
-
-    from tiny_videomv import RESOLUTION, tiny_vae
-    from videomv.models import I2MVUNet
-    from videomv.models.conditioning import ImageConditioner, TextConditioner
-    from videomv.recon import Reconstructor
-    from videomv.sampling import I2MVPipeline, image_scheduler
-    from videomv.sampling.system import VideoMV, VideoMVSettings
-
-    torch.manual_seed(0)
-    text = TextConditioner.tiny(hidden_size=16, projection_dim=16)
-    unet = I2MVUNet(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, cross_attention_dim=16,
-                    attention_head_dim=8, norm_num_groups=8, sample_size=RESOLUTION // 2).eval()
-    pipe = I2MVPipeline(vae=tiny_vae(), text_encoder=text.text_encoder, tokenizer=text.tokenizer,
-                        image_encoder=ImageConditioner.tiny_image_encoder(hidden_size=16, projection_dim=16, image_size=16),
-                        feature_extractor=CLIPImageProcessor(crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
-                        unet=unet, scheduler=image_scheduler())
-    settings = VideoMVSettings.for_task("image", resolution=RESOLUTION, num_inference_steps=2)
-    torch.manual_seed(0)
-    return VideoMV(pipe, Reconstructor("tiny").eval() if with_reconstructor else None, settings)
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +353,7 @@ def test_eval_i2mv_script_with_a_tiny_image_model(toy_root, tmp_path):
 def test_results_tables_tool_end_to_end(toy_root, tmp_path):
     """tools/make_results_tables.py: Table 1 rows for ground truth, base and 3D-aware sampling; Table 2
     rows for base and 3D-aware sampling on every subset; the page lists the exact commands."""
-    from tiny_videomv import tiny_text_videomv
+
 
     t2mv, i2mv = tmp_path / "tiny_t2mv", tmp_path / "tiny_i2mv"
     tiny_text_videomv(with_reconstructor=True).save_pretrained(t2mv)

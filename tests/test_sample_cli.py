@@ -164,3 +164,20 @@ def test_camera_file_round_trip_through_cli(model_dir, tmp_path):
                   "--out", out)
     assert res.returncode == 0, res.stderr
     assert np.allclose(json.loads((out / "cameras.json").read_text())["cameras"], cams.numpy(), atol=1e-6)
+
+
+def test_sample_script_image_to_views(tmp_path):
+    """--image: an RGBA file is composited on white and the image model generates 24 views."""
+    from tiny_videomv import tiny_image_videomv
+
+    model_dir = tmp_path / "i2mv"
+    tiny_image_videomv(with_reconstructor=True).save_pretrained(model_dir)
+    rgba = np.zeros((48, 48, 4), dtype=np.uint8)
+    rgba[12:36, 12:36] = (200, 30, 30, 255)  # a red square on a transparent background
+    Image.fromarray(rgba).save(tmp_path / "object.png")
+    out = tmp_path / "run"
+    code = load_script().main(["--model", str(model_dir), "--image", str(tmp_path / "object.png"), "--out", str(out)])
+    assert code == 0
+    assert len(list((out / "views").glob("*.png"))) == 24 and (out / "gaussians.ply").exists()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["task"] == "image" and settings["aware_steps_used"] == [1]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL
 
-from videomv.models.conditioning import TextConditioner
+from transformers import CLIPImageProcessor
+
+from videomv.models import I2MVUNet
+from videomv.models.conditioning import ImageConditioner, TextConditioner
 from videomv.models.t2mv_unet import T2MVUNet
 from videomv.recon import Reconstructor
-from videomv.sampling import T2MVPipeline, text_scheduler
+from videomv.sampling import I2MVPipeline, T2MVPipeline, image_scheduler, text_scheduler
 from videomv.sampling.system import VideoMV, VideoMVSettings
 
 RESOLUTION = 32
@@ -47,3 +50,21 @@ def tiny_text_videomv(with_reconstructor: bool = True, seed: int = 0) -> VideoMV
     recon = Reconstructor("tiny").eval() if with_reconstructor else None
     settings = VideoMVSettings.for_task("text", resolution=RESOLUTION, num_inference_steps=5, guidance_scale=3.0)
     return VideoMV(pipe, recon, settings)
+
+
+def tiny_image_videomv(with_reconstructor: bool = False, seed: int = 0) -> VideoMV:
+    """A tiny random image VideoMV, 32x32 views."""
+    torch.manual_seed(seed)
+    text = TextConditioner.tiny(hidden_size=16, projection_dim=16, seed=seed)
+    unet = I2MVUNet(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, cross_attention_dim=16,
+                    attention_head_dim=8, norm_num_groups=8, sample_size=RESOLUTION // 2).eval()
+    pipe = I2MVPipeline(vae=tiny_vae(seed), text_encoder=text.text_encoder, tokenizer=text.tokenizer,
+                        image_encoder=ImageConditioner.tiny_image_encoder(hidden_size=16, projection_dim=16, image_size=16),
+                        feature_extractor=CLIPImageProcessor(crop_size={"height": 16, "width": 16},
+                                                             size={"shortest_edge": 16}),
+                        unet=unet, scheduler=image_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    settings = VideoMVSettings.for_task("image", resolution=RESOLUTION, num_inference_steps=2)
+    torch.manual_seed(seed)
+    return VideoMV(pipe, Reconstructor("tiny").eval() if with_reconstructor else None, settings)
