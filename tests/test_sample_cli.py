@@ -181,3 +181,17 @@ def test_sample_script_image_to_views(tmp_path):
     assert len(list((out / "views").glob("*.png"))) == 24 and (out / "gaussians.ply").exists()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["task"] == "image" and settings["aware_steps_used"] == [1]
+
+
+def test_main_command_on_the_embedded_model(tmp_path):
+    """The README's main command (default model: the embedded toy text model), with few steps."""
+    out = tmp_path / "run"
+    res = run_cli("--prompt", "a red cube on top of a blue cylinder", "--steps", "5", "--out", out)
+    assert res.returncode == 0, res.stderr
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["model"].endswith("data/embedded/t2mv") and settings["aware_steps_used"] == [2, 3, 4]
+    views = sorted((out / "views").glob("view_*.png"))
+    assert len(views) == 24
+    size = json.loads((REPO / "data" / "embedded" / "t2mv" / "videomv.json").read_text())["resolution"]
+    assert np.asarray(Image.open(views[0])).shape == (size, size, 3)
+    assert len(load_ply(out / "gaussians.ply")) > 0

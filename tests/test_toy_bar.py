@@ -60,3 +60,11 @@ def test_neighbour_difference_closed_form():
     views = torch.zeros(4, 3, 2, 2)
     views[1] = 1.0  # 0 -> 1 -> 0 -> 0 -> (wrap) 0: two jumps of 1 out of four pairs
     assert neighbour_difference(views) == pytest.approx(0.5)
+
+
+def test_gap_closed_closed_form():
+    from videomv.eval.toy_bar import gap_closed
+
+    assert gap_closed(18.0, 16.0, 20.0) == pytest.approx(0.5)
+    assert gap_closed(16.0, 16.0, 20.0) == 0.0
+    assert gap_closed(15.0, 17.0, 16.0) != gap_closed(15.0, 17.0, 16.0)  # NaN: the twin is no better than blank

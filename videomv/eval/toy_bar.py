@@ -4,7 +4,7 @@ Text -> views: PSNR of the generated views against the ground-truth renders of a
 that caption, at that object's cameras. Two references bound it: the floor, a constant background
 image, and the ceiling, another toy object with the same caption (same recipe, other sizes and
 turns) rendered at the same cameras. `gap_closed` = (generated - floor) / (ceiling - floor); the bar
-is a mean of at least 0.5. Consistency: the mean absolute difference between neighbouring views,
+is at least 0.5, on the PSNRs averaged over the test prompts. Consistency: the mean absolute difference between neighbouring views,
 generated vs ground truth (bar: ratio <= 2).
 Image -> views: PSNR against the object's own ground truth, conditioned on its view 0 (bar: >= 20 dB).
 """
@@ -49,7 +49,13 @@ class TextBarRow:
 
     @property
     def gap_closed(self) -> float:
-        return (self.generated - self.floor) / max(self.ceiling - self.floor, 1e-6)
+        """Per object; NaN when the same-caption twin is no closer than the blank floor."""
+        return gap_closed(self.generated, self.floor, self.ceiling)
+
+
+def gap_closed(generated: float, floor: float, ceiling: float) -> float:
+    """(generated - floor) / (ceiling - floor): 0 at the floor, 1 at the ceiling; NaN without a gap."""
+    return (generated - floor) / (ceiling - floor) if ceiling > floor else float("nan")
 
 
 def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1, three_d_aware: bool = True,
