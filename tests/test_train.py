@@ -204,7 +204,7 @@ def test_2d_images_mix_in_as_one_frame_batches(tmp_path, toy_root):
 def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(CONFIG, ["max_steps=7", "optimizer.lr=0.5", "data.window=null", "new.key=[1,2]"])
     assert cfg.max_steps == 7 and cfg.optimizer.lr == 0.5 and cfg.data.window is None and list(cfg.new.key) == [1, 2]
-    assert cfg.checkpoint.keep_last == 3  # from the YAML; engine defaults fill what it omits
+    assert cfg.checkpoint.keep_last == 2  # from the YAML (engine default 3); engine defaults fill what it omits
     assert cfg.skip_nonfinite_loss == 0 and cfg.ema.enabled is False
     assert parse_args(["--config", "x.yaml", "a=1", "b.c=2"]) == ("x.yaml", ["a=1", "b.c=2"])
     with pytest.raises(SystemExit):
