@@ -14,16 +14,8 @@ from videomv.models.conditioning import (
     bundled_clip_tokenizer,
 )
 
-TINY = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    layers_per_block=1,
-    cross_attention_dim=16,
-    attention_head_dim=8,
-    norm_num_groups=8,
-    sample_size=8,
-)
+from tiny_videomv import TINY_UNET as TINY
+
 B, F, H = 2, 3, 8
 
 

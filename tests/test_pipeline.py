@@ -13,16 +13,8 @@ from videomv.models.conditioning import ImageConditioner, TextConditioner
 from videomv.sampling import I2MVPipeline, T2MVPipeline, ddim_sample, image_scheduler, text_scheduler
 from videomv.sampling.ddim import z0_and_eps
 
-TINY_UNET = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    layers_per_block=1,
-    cross_attention_dim=16,
-    attention_head_dim=8,
-    norm_num_groups=8,
-    sample_size=8,
-)
+from tiny_videomv import TINY_UNET
+
 VIEWS = 4
 STEPS = 3
 

@@ -16,6 +16,18 @@ from videomv.sampling.system import VideoMV, VideoMVSettings
 
 RESOLUTION = 32
 
+# A two-level video UNet shared by the model and pipeline tests (8x8 latents).
+TINY_UNET = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    layers_per_block=1,
+    cross_attention_dim=16,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    sample_size=8,
+)
+
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed)
