@@ -16,16 +16,24 @@ from dataclasses import dataclass
 import torch
 
 from videomv.data import toyworld
+from videomv.data.common import composite as data_composite
 
 from .geometry_eval import toy_object_for
 from .metrics import psnr
 
 
 def composite(rgba: torch.Tensor, background) -> torch.Tensor:
-    """(V, H, W, 4) straight-alpha renders -> (V, 3, H, W) on `background`."""
-    bg = torch.as_tensor(background, dtype=rgba.dtype).view(1, 1, 1, 3)
-    rgb = rgba[..., :3] * rgba[..., 3:] + bg * (1 - rgba[..., 3:])
-    return rgb.permute(0, 3, 1, 2).clamp(0, 1)
+    """(V, H, W, 4) straight-alpha renders -> (V, 3, H, W) on `background`, as the datasets composite."""
+    rgba = rgba.permute(0, 3, 1, 2)
+    return data_composite(rgba[:, :3], rgba[:, 3:], torch.as_tensor(background, dtype=rgba.dtype)).clamp(0, 1)
+
+
+def object_views(model, root, object_id: str):
+    """The toy object, its orbit cameras, and its ground-truth views on the model's background."""
+    s = model.settings
+    obj = toy_object_for(root, object_id)
+    cams, _, _ = toyworld.orbit_for(obj)
+    return obj, cams, composite(toyworld.render_object(obj, cams, s.resolution, s.fovy), s.background)
 
 
 def neighbour_difference(views: torch.Tensor) -> float:
@@ -62,9 +70,7 @@ def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1
                  steps: int | None = None) -> TextBarRow:
     """Score one test object (see the module docstring)."""
     s = model.settings
-    obj = toy_object_for(root, object_id)
-    cams, _, _ = toyworld.orbit_for(obj)
-    truth = composite(toyworld.render_object(obj, cams, s.resolution, s.fovy), s.background)
+    obj, cams, truth = object_views(model, root, object_id)
     twin = toyworld.sample_like(obj, seed=10_000 + like_index, index=like_index)
     ceiling = composite(toyworld.render_object(twin, cams, s.resolution, s.fovy), s.background)
     floor = torch.tensor(s.background).view(1, 3, 1, 1).expand_as(truth)
@@ -77,10 +83,7 @@ def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1
 def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
                    steps: int | None = None) -> float:
     """PSNR of image -> views against the object's own renders, conditioned on its view 0."""
-    s = model.settings
-    obj = toy_object_for(root, object_id)
-    cams, _, _ = toyworld.orbit_for(obj)
-    truth = composite(toyworld.render_object(obj, cams, s.resolution, s.fovy), s.background)
+    _, cams, truth = object_views(model, root, object_id)
     out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
                 progress=False)
     return mean_psnr(out.images, truth)
