@@ -291,6 +291,22 @@ def test_checkpoint_files_are_safetensors_json_atomic_and_pruned(tmp_path):
             torch.testing.assert_close(s1[key], s2[key], rtol=0, atol=0)
 
 
+def test_ema_turned_on_at_resume_starts_from_the_checkpoint_weights(tmp_path):
+    model, opt, sched = _trained_optimizer()
+    manager = CheckpointManager(tmp_path)
+    ckpt = manager.save(4, models={"net": model}, optimizer=opt, lr_scheduler=sched)  # EMA off
+    torch.manual_seed(1)
+    model2 = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (1 + s))
+    ema2 = {"net": EMA(model2, 0.9)}  # made from the fresh weights, before loading
+    with pytest.warns(UserWarning, match="ema_net.safetensors"):
+        manager.load(ckpt, models={"net": model2}, optimizer=opt2, lr_scheduler=sched2, ema=ema2)
+    assert ema2["net"].num_updates == 0
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ema2["net"].shadow[name], p.detach(), rtol=0, atol=0)
+
+
 def test_optimizer_and_rng_state_round_trip():
     _, opt, _ = _trained_optimizer()
     tensors, meta = optimizer_to_safe(opt.state_dict())

@@ -4,17 +4,24 @@ load) from a stage-1 run's exported pipeline and a stage-2 run's reconstructor.
 
     python tools/export_embedded.py --task text --pipeline runs/toy_t2mv/final \\
         --reconstructor runs/toy_recon_ft/reconstructor --out data/embedded/t2mv --resolution 64 --dtype fp16
+
+Configs lose their `_name_or_path` (a path on the exporting machine). A tokenizer identical to the bundled CLIP tokenizer is left out (loading falls back to it), and
+with --share-with, components byte-identical to another model folder's become relative symlinks.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from videomv.models.conditioning import is_bundled_clip_tokenizer
 from videomv.recon import Reconstructor
 from videomv.sampling import I2MVPipeline, T2MVPipeline
 from videomv.sampling.system import VideoMV, VideoMVSettings
@@ -35,7 +42,10 @@ def main(argv=None) -> None:
     p.add_argument("--fovy", type=float, default=49.1)
     p.add_argument("--guidance", type=float, help="default guidance scale (task default if omitted)")
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--share-with", type=Path, help="model folder whose identical components are linked, not copied")
     args = p.parse_args(argv)
+    if args.share_with is not None and not args.share_with.is_dir():
+        p.error(f"--share-with: {args.share_with} is not a folder")
 
     pipeline_cls = T2MVPipeline if args.task == "text" else I2MVPipeline
     pipeline = pipeline_cls.from_pretrained(args.pipeline).to(DTYPES[args.dtype])
@@ -48,14 +58,50 @@ def main(argv=None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     try:
         VideoMV(pipeline, recon, settings).save_pretrained(tmp)
+        drop_source_paths(tmp)
+        if is_bundled_clip_tokenizer(pipeline.tokenizer):
+            shutil.rmtree(tmp / "tokenizer")
+            print("tokenizer/ left out: it is the bundled CLIP tokenizer")
+        if args.share_with is not None:
+            link_identical_components(tmp, args.share_with, final=args.out)
         if args.out.exists():
             shutil.rmtree(args.out)
         tmp.rename(args.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
-    print(f"wrote {args.out} ({size / 2**20:.1f} MiB)")
+    size = sum((Path(d) / f).stat().st_size for d, _, files in os.walk(args.out) for f in files)
+    print(f"wrote {args.out} ({size / 2**20:.1f} MiB, linked components not counted)")
+
+
+def drop_source_paths(folder: Path) -> None:
+    """Remove the `_name_or_path` entries (where this machine loaded each part from) from the configs."""
+    for config in folder.rglob("*.json"):
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    if filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)[1:] != ([], []):
+        return False
+    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def link_identical_components(folder: Path, other: Path, final: Path) -> None:
+    """Replace each component folder of `folder` that is byte-identical to `other`'s by a relative
+    symlink, valid once `folder` is renamed to `final`."""
+    for component in sorted(d for d in folder.iterdir() if d.is_dir()):
+        twin = other / component.name
+        if twin.is_dir() and same_tree(component, twin):
+            shutil.rmtree(component)
+            target = os.path.relpath(twin.resolve(), final.resolve())
+            component.symlink_to(target, target_is_directory=True)
+            print(f"{component.name}/ -> {target} (identical)")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,17 @@ def bundled_clip_tokenizer(model_max_length: int = CLIP_CONTEXT_LENGTH, pad_toke
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=model_max_length)
 
 
+def is_bundled_clip_tokenizer(tokenizer) -> bool:
+    """True when `tokenizer` tokenizes exactly as `bundled_clip_tokenizer()` (same BPE model,
+    normaliser, special tokens, length and padding), so a saved folder may leave it out."""
+    reference = bundled_clip_tokenizer()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.to_str() != reference.backend_tokenizer.to_str():
+        return False
+    names = ("model_max_length", "pad_token", "bos_token", "eos_token", "unk_token", "padding_side")
+    return all(getattr(tokenizer, n, None) == getattr(reference, n) for n in names)
+
+
 class TextConditioner(nn.Module):
     """Tokenizer + `CLIPTextModel`: prompts -> (B, 77, D) token embeddings (last hidden state)."""
 

@@ -8,6 +8,7 @@ the camera-conditioned UNets. The denoising loop is `videomv.sampling.ddim.ddim_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..geometry import camera_vector, orbit_cameras
-from ..models.conditioning import ImageConditioner, TextConditioner
+from ..models.conditioning import ImageConditioner, TextConditioner, bundled_clip_tokenizer
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
 from .ddim import Z0Hook, ddim_sample
@@ -54,6 +55,15 @@ class _MultiViewPipeline(DiffusionPipeline):
     """Shared parts: prompt encoding, latents, decoding, output formats."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As diffusers'; a local folder without tokenizer/ gets the bundled CLIP tokenizer (folders
+        whose tokenizer is that one may leave it out, see `videomv.models.conditioning`)."""
+        folder = Path(pretrained_model_name_or_path)
+        if "tokenizer" not in kwargs and folder.is_dir() and not (folder / "tokenizer").is_dir():
+            kwargs["tokenizer"] = bundled_clip_tokenizer()
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def vae_scale_factor(self) -> int:

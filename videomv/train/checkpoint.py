@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,11 +182,20 @@ class CheckpointManager:
 
     def load(self, path: str | os.PathLike, *, models, optimizer, lr_scheduler, ema: dict | None = None,
              scaler=None) -> dict:
-        """Restore everything saved by :meth:`save`; returns the trainer state (``step`` etc.)."""
+        """Restore everything saved by :meth:`save`; returns the trainer state (``step`` etc.).
+
+        EMA turned on for a run whose checkpoint has none starts its average from the checkpoint's
+        weights (with a warning)."""
         path = Path(path)
         self.load_models(path, models)
         for name, shadow in (ema or {}).items():
-            shadow.load_state_dict(load_file(str(path / f"ema_{name}.safetensors")))
+            file = path / f"ema_{name}.safetensors"
+            if file.is_file():
+                shadow.load_state_dict(load_file(str(file)))
+            else:
+                warnings.warn(f"checkpoint {str(path)!r} has no {file.name} (EMA was off): "
+                              f"the EMA of {name!r} starts from the checkpoint's weights")
+                shadow.reset(models[name])
         opt_meta = json.loads((path / "optimizer.json").read_text())
         optimizer.load_state_dict(optimizer_from_safe(load_file(str(path / "optimizer.safetensors")), opt_meta))
         state = json.loads((path / "trainer_state.json").read_text())

@@ -17,6 +17,10 @@ class EMA:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"ema.decay must be in [0, 1], got {decay}")
         self.decay, self.update_after_step = float(decay), int(update_after_step)
+        self.reset(model)
+
+    def reset(self, model: torch.nn.Module) -> None:
+        """Start the average afresh from `model`'s current weights."""
         self.num_updates = 0
         self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -1,0 +1,57 @@
+"""tools/export_embedded.py: model folders without the bundled tokenizer, sharing identical parts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from tiny_videomv import RESOLUTION, tiny_text_videomv
+from videomv.models.conditioning import bundled_clip_tokenizer, is_bundled_clip_tokenizer
+from videomv.sampling.system import VideoMV
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("export_embedded", REPO / "tools" / "export_embedded.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bundled_tokenizer_is_recognised_and_others_are_not():
+    assert is_bundled_clip_tokenizer(bundled_clip_tokenizer())
+    assert not is_bundled_clip_tokenizer(bundled_clip_tokenizer(model_max_length=32))
+    assert not is_bundled_clip_tokenizer(bundled_clip_tokenizer(pad_token="<|endoftext|>"))
+
+
+def test_export_leaves_out_the_tokenizer_links_shared_parts_and_loads_back(tmp_path):
+    model = tiny_text_videomv(seed=0)
+    model.pipeline.save_pretrained(tmp_path / "run" / "final")
+    model.reconstructor.save_pretrained(tmp_path / "run" / "reconstructor")
+    other = tiny_text_videomv(seed=1)  # different weights everywhere
+    other.pipeline.vae = model.pipeline.vae  # ... but the same VAE
+    other.pipeline.save_pretrained(tmp_path / "run2" / "final")
+
+    tool = load_tool()
+    common = ["--task", "text", "--resolution", str(RESOLUTION), "--dtype", "fp32", "--steps", "5"]
+    first, second = tmp_path / "embedded" / "a", tmp_path / "embedded" / "b"
+    tool.main(["--pipeline", str(tmp_path / "run" / "final"), "--reconstructor", str(tmp_path / "run" / "reconstructor"),
+               "--out", str(first)] + common)
+    tool.main(["--pipeline", str(tmp_path / "run2" / "final"), "--reconstructor",
+               str(tmp_path / "run" / "reconstructor"), "--out", str(second), "--share-with", str(first)] + common)
+
+    assert not (first / "tokenizer").exists() and not (second / "tokenizer").exists()
+    linked = sorted(p.name for p in second.iterdir() if p.is_symlink())
+    assert linked == ["reconstructor", "scheduler", "vae"]  # unet and text encoder differ
+    assert (second / "vae").resolve() == (first / "vae").resolve()
+    assert not (second / "vae").readlink().is_absolute()
+
+    loaded = VideoMV.from_pretrained(first)
+    assert is_bundled_clip_tokenizer(loaded.pipeline.tokenizer)
+    kwargs = dict(num_inference_steps=3, guidance_scale=3.0, seed=0, three_d_aware=False, progress=False)
+    torch.testing.assert_close(loaded("a red cube", **kwargs).images, model("a red cube", **kwargs).images)
+    reloaded_second = VideoMV.from_pretrained(second)
+    torch.testing.assert_close(reloaded_second("a red cube", **kwargs).images, other("a red cube", **kwargs).images)
