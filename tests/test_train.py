@@ -79,14 +79,17 @@ def test_toy_run_loss_falls_and_saves_resolved_config(tmp_path, toy_root):
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert first > 0.5 and last < 0.8 * first, (first, last)
 
-    # The exported folder loads with diffusers/transformers and holds the trained weights.
+    # The exported folder loads with diffusers/transformers and holds the EMA weights (EMA is on).
     from videomv.models import T2MVUNet
     from videomv.models.conditioning import TextConditioner
 
     unet = T2MVUNet.from_pretrained(str(out / "final"), subfolder="unet")
-    trained = _load(out / "checkpoints" / "step_000040" / "model_unet.safetensors")
+    ema = _load(out / "checkpoints" / "step_000040" / "ema_unet.safetensors")
+    raw = _load(out / "checkpoints" / "step_000040" / "model_unet.safetensors")
+    assert int(ema["num_updates"]) == 40
     for k, v in unet.state_dict().items():
-        torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
+        torch.testing.assert_close(v, ema.get(f"shadow.{k}", raw[k]), rtol=0, atol=0)
+    assert any(not torch.equal(ema[f"shadow.{k}"], raw[k]) for k in raw if f"shadow.{k}" in ema)
     text = TextConditioner.from_pretrained(str(out / "final"))
     assert text.encode(["a red sphere"]).shape == (1, 77, 16)
     from videomv.sampling import T2MVPipeline, text_scheduler
@@ -106,13 +109,17 @@ def test_resume_continues_exactly(tmp_path, toy_root):
     run(full, toy_root, "max_steps=6", "checkpoint.every=3", "checkpoint.keep_last=5")
     full_losses = read_losses(full)
 
-    # "Killed" after step 3: a fresh run folder holding only the step-3 checkpoint, resumed with latest.
+    # Killed after step 5: the run folder holds the step-3 checkpoint and the metrics of steps 1-5.
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_000003", part / "checkpoints" / "step_000003")
+    logged = (full / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("".join(line + "\n" for line in logged[:5]))
     resumed = run(part, toy_root, "max_steps=6", "checkpoint.every=3", "resume=latest")
     assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
-    np.testing.assert_allclose(read_losses(part), full_losses[3:], rtol=1e-5, atol=1e-6)
+    # Steps 4-5 of the killed run are replaced, not repeated, in metrics.jsonl.
+    assert [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(read_losses(part), full_losses, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose([h["lr"] for h in resumed["history"]], 1e-3)
 
     # Weights after the resumed run equal those of the uninterrupted run.
@@ -205,7 +212,7 @@ def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(CONFIG, ["max_steps=7", "optimizer.lr=0.5", "data.window=null", "new.key=[1,2]"])
     assert cfg.max_steps == 7 and cfg.optimizer.lr == 0.5 and cfg.data.window is None and list(cfg.new.key) == [1, 2]
     assert cfg.checkpoint.keep_last == 2  # from the YAML (engine default 3); engine defaults fill what it omits
-    assert cfg.skip_nonfinite_loss == 0 and cfg.ema.enabled is False
+    assert cfg.skip_nonfinite_loss == 0 and cfg.ema.enabled is True
     assert parse_args(["--config", "x.yaml", "a=1", "b.c=2"]) == ("x.yaml", ["a=1", "b.c=2"])
     with pytest.raises(SystemExit):
         parse_args(["--config", "x.yaml", "not_an_override"])

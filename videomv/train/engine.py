@@ -18,6 +18,7 @@ from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from ..io import atomic_write_text
 from .checkpoint import CheckpointManager, save_tensors
 from .config import flatten, resolve_path, save_config
 from .ema import EMA
@@ -138,6 +139,9 @@ def train(cfg: DictConfig, task_factory) -> dict:
         accelerator.init_trackers(cfg.logging.project, config=flatten(cfg),
                                   init_kwargs={"wandb": {"name": run_name, "dir": str(out_dir)}})
     metrics_file = out_dir / "metrics.jsonl"
+    if resume_from is not None and accelerator.is_main_process:
+        for name in ("metrics.jsonl", "validation.jsonl"):
+            drop_records_after(out_dir / name, step)
     history: list[dict] = []
     local_losses: list[float] = []  # this process's losses (history holds the mean over processes)
     accum = int(cfg.gradient_accumulation_steps)
@@ -220,6 +224,17 @@ def train(cfg: DictConfig, task_factory) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"step": step, "history": history, "checksum": checksum, "output_dir": str(out_dir)}
+
+
+def drop_records_after(metrics_file: Path, step: int) -> None:
+    """Remove the JSON-lines records of steps after `step`: an interrupted run logged them, and the
+    resumed run logs them again."""
+    if not metrics_file.is_file():
+        return
+    lines = metrics_file.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
 
 def _with_ema(ema: dict, models: dict, fn):
