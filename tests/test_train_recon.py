@@ -78,8 +78,11 @@ def test_generator_inputs_are_single_step_denoised_views(tmp_path, toy_root):
 
         task = ReconstructorTask(cfg, Accelerator(cpu=True))
         batch = next(task.make_batches(0, 1))
+        task.rng.manual_seed(5), torch.manual_seed(5)
         views = task.single_step_views(batch)
         assert views.shape == batch["images"].shape and 0 <= views.min() and views.max() <= 1
+        task.rng.manual_seed(5), torch.manual_seed(5)  # same latents, t and noise: decoding only the input views gives those views
+        torch.testing.assert_close(task.single_step_views(batch, [0, 6, 12, 18]), views[:, [0, 6, 12, 18]])
         loss, logs = task.loss(batch, task.trainable_models(), 0)
         assert torch.isfinite(loss) and set(logs) == {"mse_rgb", "mse_alpha"}
     finally:

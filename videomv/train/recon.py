@@ -98,8 +98,9 @@ class ReconstructorTask(Task):
     # ------------------------------------------------------------------------------------------ #
 
     @torch.no_grad()
-    def single_step_views(self, batch) -> torch.Tensor:
-        """The generator's one-step x0 prediction of every view, (B, F, 3, H, W) in [0, 1]."""
+    def single_step_views(self, batch, views: list[int] | None = None) -> torch.Tensor:
+        """The generator's one-step x0 prediction, denoising all views jointly and decoding `views`
+        (default all): (B, len(views), 3, H, W) in [0, 1]."""
         from videomv.sampling.ddim import z0_and_eps
 
         pipe = self.generator
@@ -123,6 +124,8 @@ class ReconstructorTask(Task):
             context = pipe.text_conditioner.encode(list(batch["caption"]))
             out = pipe.unet(noisy, t, encoder_hidden_states=context, cameras=cameras).sample
         z0 = torch.stack([z0_and_eps(pipe.scheduler, out[i : i + 1], noisy[i : i + 1], t[i])[0][0] for i in range(b)])
+        if views is not None:
+            z0 = z0[:, :, views]
         return ((vae_decode(pipe.vae, z0, scale).float() + 1) / 2).clamp(0, 1)
 
     def loss(self, batch, models, step):
@@ -136,10 +139,10 @@ class ReconstructorTask(Task):
         fovy = float(batch["fovy"][0])
         num_views = target.shape[1]
         views_in = choose_views(num_views, 4, cfg.inputs.get("views", "orthogonal"), self.rng)
-        inputs = self.single_step_views(batch) if self.source == "generator" else target
+        inputs = self.single_step_views(batch, views_in) if self.source == "generator" else target[:, views_in]
         model = models["reconstructor"]
         recon = model.module if hasattr(model, "module") else model
-        gaussians = recon.reconstruct(inputs[:, views_in], cameras[:, views_in], fovy=fovy)
+        gaussians = recon.reconstruct(inputs, cameras[:, views_in], fovy=fovy)
 
         supervise = cfg.loss.get("views", "all")
         rgb_loss = alpha_loss = lpips_loss = 0.0
