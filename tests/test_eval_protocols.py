@@ -360,10 +360,14 @@ def test_results_tables_tool_end_to_end(toy_root, tmp_path):
     tiny_image_videomv(with_reconstructor=True).save_pretrained(i2mv)
     results, runs = tmp_path / "results.md", tmp_path / "runs"
     tool = load_script("make_results_tables.py", folder="tools")
+    results.write_text(f"# Kept above\n\n{tool.BEGIN}\nold tables\n{tool.END}\n\nKept below\n")
     assert tool.main(["--toy-root", str(toy_root), "--t2mv", str(t2mv), "--i2mv", str(i2mv), "--out", str(runs),
                       "--results", str(results), "--limit", "1", "--steps", "2", "--fit-iters", "2",
-                      "--fit-gaussians", "50", "--fit-resolution", "16"]) == 0
+                      "--fit-gaussians", "50", "--fit-resolution", "16", "--jobs", "2", "--threads", "1"]) == 0
     page = results.read_text()
+    assert page.startswith("# Kept above\n\n" + tool.BEGIN) and page.endswith(tool.END + "\n\nKept below\n")
+    assert "old tables" not in page and sorted(p.name for p in runs.glob("*.log")) == [
+        "t1_aware.log", "t1_base.log", "t1_gt.log", "t2_aware.log", "t2_base.log"]
     tables = [line for line in page.splitlines() if line.startswith("| ")]
     labels = [line.split(" | ")[0][2:] for line in tables if not line.startswith("| Method")]
     assert labels == ["Ground-truth renders (upper bound)", "VideoMV (base)", "VideoMV"] + ["VideoMV (base)", "VideoMV"] * 3

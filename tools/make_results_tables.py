@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Run the toy-world evaluations and write docs/results.md.
+"""Run the toy-world evaluations and write their tables into docs/results.md.
 
-    python tools/make_results_tables.py --toy-root data/toy_world_64 --limit 16
+    python tools/make_results_tables.py --toy-root data/toy_world_64 --limit 16 --jobs 2
 
 Table 1 (text -> views, consistency): ground-truth renders of the test split (upper bound),
 VideoMV (base) = plain sampling, VideoMV = 3D-aware sampling, prompted with the test objects'
 captions. Table 2 (image -> views vs ground truth): base vs 3D-aware, on each view subset. Every
 evaluation is one run of scripts/eval_t2mv.py or scripts/eval_i2mv.py (in this process); their
-outputs stay in --out and the exact commands are listed in the results page.
+outputs stay in --out and the exact commands are listed in the results page. The tables replace
+the part of the page between the markers below (the whole page when it has none), so hand-written
+sections around them stay. With --jobs N the evaluations run as N parallel processes, logging to
+<out>/<run>.log.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import argparse
 import importlib.util
 import json
 import shlex
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSETS = ("all", "every3", "az45")
 T1_COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("clip", "CLIP ↑"),
               ("flow_rmse_f1", "flow RMSE f=1 ↓"), ("flow_rmse_f6", "flow RMSE f=6 ↓")]
+BEGIN, END = "<!-- results tables: begin -->", "<!-- results tables: end -->"
 T2_COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("flow_rmse_f1", "flow RMSE f=1 ↓")]
 
 
@@ -43,9 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fit-gaussians", type=int, default=2000)
     p.add_argument("--fit-resolution", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="passed on to the evaluation scripts")
+    p.add_argument("--jobs", type=int, default=1, help="evaluations run at once (separate processes)")
     args = p.parse_args(argv)
     if args.limit < 1:
         p.error(f"--limit must be >= 1, got {args.limit}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if not (args.toy_root / f"{args.split}.txt").is_file():
         p.error(f"--toy-root: {args.toy_root / (args.split + '.txt')} does not exist (build the toy world first)")
     for name in ("t2mv",) + (() if args.skip_i2mv else ("i2mv",)):
@@ -100,12 +109,45 @@ def plan_runs(args) -> list[dict]:
 
 
 def run_script(script: str, argv: list[str]) -> None:
+    """In this process."""
     spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / "scripts" / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     code = module.main(argv)
     if code:
         raise RuntimeError(f"scripts/{script} exited with {code}")
+
+
+def run_process(script: str, argv: list[str], log: Path) -> None:
+    """In a child process, output to `log`."""
+    with open(log, "w") as f:
+        code = subprocess.run([sys.executable, str(REPO / "scripts" / script), *argv], stdout=f,
+                              stderr=subprocess.STDOUT, cwd=REPO).returncode
+    if code:
+        raise RuntimeError(f"scripts/{script} exited with {code}; see {log}")
+
+
+def run_all(runs: list[dict], jobs: int, out: Path) -> None:
+    for run in runs:
+        print(f"== {run['label']}: {command(run['script'], run['argv'])}", flush=True)
+    if jobs == 1:
+        for run in runs:
+            run_script(run["script"], run["argv"])
+        return
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run_process, r["script"], r["argv"], out / f"{r['key']}.log") for r in runs]
+        for run, future in zip(runs, futures):
+            future.result()
+            print(f"done: {run['key']} ({run['label']})", flush=True)
+
+
+def replace_section(page: str, section: str) -> str:
+    """`page` with the text between BEGIN and END replaced by `section` (all of it without markers)."""
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if BEGIN not in page or END not in page:
+        return block + "\n"
+    head, rest = page.split(BEGIN, 1)
+    return head + block + rest.split(END, 1)[1]
 
 
 def mean_of(csv_path: Path) -> dict:
@@ -135,8 +177,6 @@ def results_page(args, runs: list[dict], tool_argv: list[str]) -> str:
     t2 = [r for r in runs if r["key"].startswith("t2")]
     settings = json.loads((Path(t1[0]["out"]) / "table1_settings.json").read_text())
     lines = [
-        "# Results on the toy world",
-        "",
         f"Written by `{' '.join(['python', 'tools/make_results_tables.py', *map(shlex.quote, tool_argv)])}` "
         f"on {time.strftime('%Y-%m-%d %H:%M')}: the first {args.limit} objects of the `{args.split}` split of "
         f"`{args.toy_root}`, text model `{args.t2mv}`" + ("" if args.skip_i2mv else f", image model `{args.i2mv}`") + ".",
@@ -160,8 +200,8 @@ def results_page(args, runs: list[dict], tool_argv: list[str]) -> str:
                                     T2_COLUMNS), ""]
     notes = settings.get("notes") or {}
     if notes:
-        lines += ["## Unavailable metrics", ""] + [f"- {k}: {v}" for k, v in notes.items()] + [""]
-    lines += ["## Commands", "", "```sh"]
+        lines += ["## Tables 1 and 2: unavailable metrics", ""] + [f"- {k}: {v}" for k, v in notes.items()] + [""]
+    lines += ["## Tables 1 and 2: commands", "", "```sh"]
     lines += [f"# {r['label']} -> {r['out']}\n{command(r['script'], r['argv'])}" for r in runs]
     lines += ["```", ""]
     return "\n".join(lines)
@@ -177,9 +217,9 @@ def main(argv=None) -> int:
     runs = plan_runs(args)
     for run in runs:
         run["out"] = run["argv"][run["argv"].index("--out") + 1]
-        print(f"== {run['label']}: {command(run['script'], run['argv'])}", flush=True)
-        run_script(run["script"], run["argv"])
-    atomic_write_text(args.results, results_page(args, runs, argv))
+    run_all(runs, args.jobs, args.out)
+    page = args.results.read_text() if args.results.is_file() else ""
+    atomic_write_text(args.results, replace_section(page, results_page(args, runs, argv)))
     print(f"-> {args.results}")
     return 0
 

@@ -29,6 +29,7 @@ def main(argv=None) -> None:
     p.add_argument("--text-model", type=Path, default=REPO / "data" / "embedded" / "t2mv")
     p.add_argument("--image-model", type=Path, default=REPO / "data" / "embedded" / "i2mv")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-3d-aware", action="store_true")
     p.add_argument("--threads", type=int, default=1)
@@ -42,7 +43,8 @@ def main(argv=None) -> None:
 
     if (args.text_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.text_model)
-        rows = [text_bar_row(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps)
+        rows = [text_bar_row(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps,
+                             guidance_scale=args.guidance)
                 for o in tqdm(objects, desc="text -> views")]
         print("| object | caption | generated dB | floor dB | ceiling dB | gap closed | neighbour diff gen / truth |")
         print("|---|---|---|---|---|---|---|")
@@ -61,7 +63,8 @@ def main(argv=None) -> None:
 
     if (args.image_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.image_model)
-        scores = [image_bar_psnr(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps)
+        scores = [image_bar_psnr(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps,
+                                 guidance_scale=args.guidance)
                   for o in tqdm(objects, desc="image -> views")]
         mean = statistics.mean(scores)
         print(f"image -> views over {len(scores)} objects: {mean:.2f} dB (bar >= 20: {'pass' if mean >= 20 else 'FAIL'})")

@@ -67,7 +67,7 @@ def gap_closed(generated: float, floor: float, ceiling: float) -> float:
 
 
 def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1, three_d_aware: bool = True,
-                 steps: int | None = None) -> TextBarRow:
+                 steps: int | None = None, guidance_scale: float | None = None) -> TextBarRow:
     """Score one test object (see the module docstring)."""
     s = model.settings
     obj, cams, truth = object_views(model, root, object_id)
@@ -75,15 +75,15 @@ def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1
     ceiling = composite(toyworld.render_object(twin, cams, s.resolution, s.fovy), s.background)
     floor = torch.tensor(s.background).view(1, 3, 1, 1).expand_as(truth)
     out = model(prompt=obj.caption, cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
-                progress=False)
+                guidance_scale=guidance_scale, progress=False)
     return TextBarRow(object_id, obj.caption, mean_psnr(out.images, truth), mean_psnr(floor, truth),
                       mean_psnr(ceiling, truth), neighbour_difference(out.images), neighbour_difference(truth))
 
 
 def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
-                   steps: int | None = None) -> float:
+                   steps: int | None = None, guidance_scale: float | None = None) -> float:
     """PSNR of image -> views against the object's own renders, conditioned on its view 0."""
     _, cams, truth = object_views(model, root, object_id)
     out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
-                progress=False)
+                guidance_scale=guidance_scale, progress=False)
     return mean_psnr(out.images, truth)
