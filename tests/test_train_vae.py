@@ -1,5 +1,6 @@
 """Toy VAE training: loss falls, the exported model loads with diffusers, its config carries the
-latent scaling factor (1/std), and the reported held-out PSNR matches scikit-image's."""
+latent scaling factor (1/std), and the reported held-out PSNR matches scikit-image's; the
+decoder-only phase on several backgrounds leaves the encoder and the scaling untouched."""
 
 from __future__ import annotations
 
@@ -16,28 +17,41 @@ from skimage.metrics import peak_signal_noise_ratio
 from videomv.train.config import load_config
 from videomv.train.datasets import build_multiview_dataset
 from videomv.train.engine import train
-from videomv.train.vae import VAETask, latent_std
+from videomv.data.common import composite, parse_background
+from videomv.train.vae import VAETask, latent_std, recomposite
 
 REPO = Path(__file__).resolve().parents[1]
 
+TINY = [
+    "data.toy.num_objects=6", "data.toy.resolution=16",
+    "data.toy.split=[0.5,0.25,0.25]", "data.toy.workers=1", "data.resolution=16",
+    "vae.init.block_out_channels=[8,16]", "vae.init.down_block_types=[DownEncoderBlock2D,DownEncoderBlock2D]",
+    "vae.init.up_block_types=[UpDecoderBlock2D,UpDecoderBlock2D]", "vae.init.norm_num_groups=4",
+    "vae.init.sample_size=16", "dataloader.batch_size=2", "views_per_object=4", "logging.with=[]",
+    "lr_scheduler.name=constant", "lr_scheduler.warmup_steps=0",
+]
 
-def test_toy_vae_training_and_export(tmp_path):
-    out = tmp_path / "vae_run"
-    overrides = [
-        f"data.root={tmp_path / 'world16'}", "data.toy.num_objects=6", "data.toy.resolution=16",
-        "data.toy.split=[0.5,0.25,0.25]", "data.toy.workers=1", "data.resolution=16",
-        "vae.init.block_out_channels=[8,16]", "vae.init.down_block_types=[DownEncoderBlock2D,DownEncoderBlock2D]",
-        "vae.init.up_block_types=[UpDecoderBlock2D,UpDecoderBlock2D]", "vae.init.norm_num_groups=4",
-        "vae.init.sample_size=16", "dataloader.batch_size=2", "views_per_object=4", "logging.with=[]",
-        f"output_dir={out}", "max_steps=30", "optimizer.lr=3e-3", "lr_scheduler.name=constant",
-        "lr_scheduler.warmup_steps=0", "checkpoint.every=15", "validation.every=15",
-    ]
+
+def run(config: str, overrides: list[str]):
     AcceleratorState._reset_state(True)
     try:
-        cfg = load_config(REPO / "configs" / "toy_vae.yaml", overrides)
-        summary = train(cfg, VAETask)
+        cfg = load_config(REPO / "configs" / config, TINY + overrides)
+        return cfg, train(cfg, VAETask)
     finally:
         AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def first_phase(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vae")
+    out = tmp / "vae_run"
+    cfg, summary = run("toy_vae.yaml", [f"data.root={tmp / 'world16'}", f"output_dir={out}", "max_steps=30",
+                                        "optimizer.lr=3e-3", "checkpoint.every=15", "validation.every=15"])
+    return tmp, out, cfg, summary
+
+
+def test_toy_vae_training_and_export(first_phase):
+    tmp_path, out, cfg, summary = first_phase
     losses = [h["loss"] for h in summary["history"]]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 
@@ -63,3 +77,29 @@ def test_toy_vae_training_and_export(tmp_path):
     assert metrics["scaling_factor"] == pytest.approx(vae.config.scaling_factor)
     validations = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert [v["step"] for v in validations] == [15, 30]
+
+
+def test_recomposite_equals_compositing_on_the_new_background():
+    torch.manual_seed(0)
+    rgb, alpha = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8)
+    grey, white = parse_background("grey"), parse_background("white")
+    on_grey = composite(rgb, alpha, grey) * 2 - 1
+    on_white = composite(rgb, alpha, white) * 2 - 1
+    torch.testing.assert_close(recomposite(on_grey, alpha, grey, torch.stack([white, white])), on_white)
+
+
+def test_decoder_only_phase_keeps_the_latent_space(first_phase):
+    tmp_path, first, _, _ = first_phase
+    out = tmp_path / "decoder_run"
+    with pytest.raises(ValueError, match="vae.path"):
+        run("toy_vae_backgrounds.yaml", [f"data.root={tmp_path / 'world16'}", f"output_dir={out}", "vae.path=null"])
+    run("toy_vae_backgrounds.yaml", [f"data.root={tmp_path / 'world16'}", f"output_dir={out}", f"vae.path={first / 'vae'}",
+                                     "max_steps=10", "validation.every=0", "optimizer.lr=3e-3"])
+    before, after = AutoencoderKL.from_pretrained(first / "vae"), AutoencoderKL.from_pretrained(out / "vae")
+    assert after.config.scaling_factor == before.config.scaling_factor
+    for name, p in after.state_dict().items():
+        same = torch.equal(p, before.state_dict()[name])
+        assert same == (name.startswith("encoder.") or name.startswith("quant_conv.")), name
+    metrics = json.loads((out / "vae" / "metrics.json").read_text())
+    assert set(metrics) == {"heldout_psnr", "scaling_factor", "psnr_grey", "psnr_white"}
+    assert metrics["psnr_grey"] == pytest.approx(metrics["heldout_psnr"])

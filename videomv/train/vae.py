@@ -1,5 +1,10 @@
 """Toy VAE: a tiny ``AutoencoderKL`` trained on toy renders (reconstruction + small KL).
 
+Options: ``vae.path`` starts from a saved VAE instead of ``vae.init``; ``train_encoder: false``
+trains the decoder only, so the latent space (and every diffusion model trained on it) stays
+valid; ``backgrounds`` (names or rgb triples) re-composites each training image on one of them at
+random, using the alpha the dataset returns, and validation reports PSNR per background.
+
 At the end the latent scaling factor (1 / std of latents on training views) is written into the
 model config, and the model is saved with ``save_pretrained`` (safetensors) to ``<output_dir>/vae``.
 """
@@ -15,8 +20,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from omegaconf import DictConfig, OmegaConf
 
+from videomv.data.common import parse_background
 from videomv.io import atomic_directory
 
+from .config import resolve_path
 from .datasets import build_multiview_dataset, make_stream
 from .engine import Task
 
@@ -42,6 +49,13 @@ def latent_std(vae: AutoencoderKL, dataset, max_objects: int = 32, device="cpu")
     return float(torch.cat(zs).std())
 
 
+def recomposite(images: torch.Tensor, alphas: torch.Tensor, old, new: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] composited on `old` -> on `new` (per image: (N, 3) or (3,)), exactly, as
+    compositing and resizing are both linear."""
+    shift = (new.to(images) - old.to(images)).reshape(-1, 3, 1, 1) * 2  # [0, 1] -> [-1, 1] units
+    return images + shift * (1 - alphas)
+
+
 class Autoencode(torch.nn.Module):
     """``x → (reconstruction, posterior mean, posterior logvar)`` in one forward, so DDP sees a
     single forward call (``AutoencoderKL.forward`` does not return the posterior)."""
@@ -58,7 +72,23 @@ class Autoencode(torch.nn.Module):
 class VAETask(Task):
     def __init__(self, cfg: DictConfig, accelerator):
         self.cfg, self.accelerator = cfg, accelerator
-        self.vae = AutoencoderKL(**OmegaConf.to_container(cfg.vae.init, resolve=True))
+        path = resolve_path(cfg.vae.get("path"))
+        if path is not None:
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"vae.path {str(path)!r} is not a saved AutoencoderKL folder")
+            self.vae = AutoencoderKL.from_pretrained(str(path))
+        else:
+            self.vae = AutoencoderKL(**OmegaConf.to_container(cfg.vae.init, resolve=True))
+        self.train_encoder = bool(cfg.get("train_encoder", True))
+        if not self.train_encoder:
+            if path is None:
+                raise ValueError("train_encoder=false keeps an existing latent space: set vae.path")
+            for module in (self.vae.encoder, self.vae.quant_conv):
+                if module is not None:
+                    module.requires_grad_(False)
+        self.dataset_background = parse_background(cfg.data.get("background", "grey"))
+        names = cfg.get("backgrounds") or [cfg.data.get("background", "grey")]
+        self.backgrounds = {str(b) if isinstance(b, str) else str(list(b)): parse_background(b) for b in names}
         self.model = Autoencode(self.vae)
         with accelerator.main_process_first():  # the main process builds a missing toy world
             self.train_dataset = build_multiview_dataset(cfg.data, "train")
@@ -76,6 +106,11 @@ class VAETask(Task):
         per_object = int(self.cfg.get("views_per_object", 4))
         idx = torch.randperm(images.shape[1])[:per_object]
         x = images[:, idx].flatten(0, 1).to(self.accelerator.device)
+        if len(self.backgrounds) > 1:
+            alphas = batch["alphas"][:, idx].flatten(0, 1).to(x.device)
+            choices = torch.stack(list(self.backgrounds.values()))
+            pick = choices[torch.randint(len(choices), (x.shape[0],))]
+            x = recomposite(x, alphas, self.dataset_background, pick)
         recon, mean, logvar = models["vae"](x)
         rec_kind = self.cfg.get("reconstruction_loss", "l1")
         rec = F.l1_loss(recon, x) if rec_kind == "l1" else F.mse_loss(recon, x)
@@ -84,19 +119,28 @@ class VAETask(Task):
         return loss, {"rec": rec.item(), "kl": kl.item()}
 
     @torch.no_grad()
-    def heldout_psnr(self, vae: AutoencoderKL, limit: int | None = None) -> float:
-        """Mean PSNR of posterior-mode reconstructions over the validation objects' views."""
+    def heldout_psnr(self, vae: AutoencoderKL, limit: int | None = None, background=None) -> float:
+        """Mean PSNR of posterior-mode reconstructions over the validation objects' views, on
+        `background` (default: the dataset's)."""
         views = list(self.cfg.validation.get("views", [0, 6, 12, 18]))
         n = len(self.val_dataset) if limit is None else min(limit, len(self.val_dataset))
         scores = []
         for i in range(n):
-            x = self.val_dataset[i]["images"][views].to(self.accelerator.device)
+            item = self.val_dataset[i]
+            x = item["images"][views].to(self.accelerator.device)
+            if background is not None:
+                x = recomposite(x, item["alphas"][views].to(x.device), self.dataset_background, background)
             recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
             scores.append(psnr((recon + 1) / 2, (x + 1) / 2))
         return sum(scores) / max(len(scores), 1)
 
+    def psnr_per_background(self, vae: AutoencoderKL, limit: int | None = None) -> dict[str, float]:
+        return {f"psnr_{name}": self.heldout_psnr(vae, limit, bg) for name, bg in self.backgrounds.items()}
+
     def validate(self, step, out_dir, models):
-        return {"psnr": self.heldout_psnr(models["vae"].vae, self.cfg.validation.get("max_objects"))}
+        vae = models["vae"].vae
+        limit = self.cfg.validation.get("max_objects")
+        return {"psnr": self.heldout_psnr(vae, limit), **self.psnr_per_background(vae, limit)}
 
     @torch.no_grad()
     def latent_std(self, vae: AutoencoderKL, max_objects: int = 32) -> float:
@@ -106,11 +150,17 @@ class VAETask(Task):
     def finish(self, out_dir: Path, models):
         vae = models["vae"].vae
         vae.eval()
-        scaling = 1.0 / self.latent_std(vae)
-        vae.register_to_config(scaling_factor=scaling)
+        if self.train_encoder:
+            scaling = 1.0 / self.latent_std(vae)
+            vae.register_to_config(scaling_factor=scaling)
+        else:  # same encoder, same latents: keep the factor the diffusion models were trained with
+            scaling = float(vae.config.scaling_factor)
         held = self.heldout_psnr(vae)
+        by_background = self.psnr_per_background(vae)
         target = Path(out_dir) / "vae"
         with atomic_directory(target) as tmp:
             vae.save_pretrained(str(tmp), safe_serialization=True)  # safetensors weights + config.json
-            (tmp / "metrics.json").write_text(json.dumps({"heldout_psnr": held, "scaling_factor": scaling}, indent=1))
-        print(f"toy VAE saved to {target}: held-out PSNR {held:.2f} dB, scaling_factor {scaling:.4f}")
+            (tmp / "metrics.json").write_text(json.dumps({"heldout_psnr": held, "scaling_factor": scaling,
+                                                            **by_background}, indent=1))
+        scores = ", ".join(f"{k} {v:.2f} dB" for k, v in by_background.items())
+        print(f"toy VAE saved to {target}: held-out PSNR {held:.2f} dB ({scores}), scaling_factor {scaling:.4f}")
