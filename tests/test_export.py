@@ -55,3 +55,26 @@ def test_export_leaves_out_the_tokenizer_links_shared_parts_and_loads_back(tmp_p
     torch.testing.assert_close(loaded("a red cube", **kwargs).images, model("a red cube", **kwargs).images)
     reloaded_second = VideoMV.from_pretrained(second)
     torch.testing.assert_close(reloaded_second("a red cube", **kwargs).images, other("a red cube", **kwargs).images)
+
+
+def test_export_swaps_in_a_vae_only_when_its_encoder_is_the_same(tmp_path):
+    import pytest
+    from diffusers import AutoencoderKL
+
+    model = tiny_text_videomv(seed=0, with_reconstructor=False)
+    model.pipeline.save_pretrained(tmp_path / "final")
+    new_decoder, new_encoder = tmp_path / "vae_dec", tmp_path / "vae_enc"
+    for folder, part in ((new_decoder, "decoder"), (new_encoder, "encoder")):
+        vae = AutoencoderKL.from_pretrained(tmp_path / "final" / "vae")
+        with torch.no_grad():
+            getattr(vae, part).conv_out.weight.add_(0.1)
+        vae.save_pretrained(folder)
+    tool = load_tool()
+    common = ["--task", "text", "--resolution", str(RESOLUTION), "--dtype", "fp32", "--pipeline", str(tmp_path / "final")]
+    tool.main(common + ["--out", str(tmp_path / "ok"), "--vae", str(new_decoder)])
+    exported = AutoencoderKL.from_pretrained(tmp_path / "ok" / "vae")
+    torch.testing.assert_close(exported.decoder.conv_out.weight,
+                               AutoencoderKL.from_pretrained(new_decoder).decoder.conv_out.weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="encoder differs"):
+        tool.main(common + ["--out", str(tmp_path / "bad"), "--vae", str(new_encoder)])
+    assert not (tmp_path / "bad").exists()

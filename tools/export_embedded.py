@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
 from videomv.models.conditioning import is_bundled_clip_tokenizer
 from videomv.recon import Reconstructor
@@ -42,13 +43,18 @@ def main(argv=None) -> None:
     p.add_argument("--fovy", type=float, default=49.1)
     p.add_argument("--guidance", type=float, help="default guidance scale (task default if omitted)")
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--vae", type=Path, help="a VAE folder replacing the pipeline's; it must have the same encoder "
+                                            "and scaling (e.g. from a decoder-only run)")
     p.add_argument("--share-with", type=Path, help="model folder whose identical components are linked, not copied")
     args = p.parse_args(argv)
     if args.share_with is not None and not args.share_with.is_dir():
         p.error(f"--share-with: {args.share_with} is not a folder")
 
     pipeline_cls = T2MVPipeline if args.task == "text" else I2MVPipeline
-    pipeline = pipeline_cls.from_pretrained(args.pipeline).to(DTYPES[args.dtype])
+    pipeline = pipeline_cls.from_pretrained(args.pipeline)
+    if args.vae is not None:
+        pipeline.vae = replacement_vae(pipeline.vae, args.vae)
+    pipeline = pipeline.to(DTYPES[args.dtype])
     recon = Reconstructor.from_pretrained(args.reconstructor, dtype=DTYPES[args.dtype]) if args.reconstructor else None
     overrides = {k: v for k, v in dict(elevation=args.elevation, radius=args.radius,
                                        guidance_scale=args.guidance).items() if v is not None}
@@ -72,6 +78,23 @@ def main(argv=None) -> None:
         raise
     size = sum((Path(d) / f).stat().st_size for d, _, files in os.walk(args.out) for f in files)
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB, linked components not counted)")
+
+
+def replacement_vae(current: AutoencoderKL, path: Path) -> AutoencoderKL:
+    """The VAE at `path`, if it maps images to the same latents as `current` (same encoder weights
+    and scaling factor): the diffusion model was trained in that latent space."""
+    vae = AutoencoderKL.from_pretrained(str(path))
+    if vae.config.scaling_factor != current.config.scaling_factor:
+        raise ValueError(f"--vae {path}: scaling_factor {vae.config.scaling_factor} != the pipeline's "
+                         f"{current.config.scaling_factor}")
+    ours, theirs = current.state_dict(), vae.state_dict()
+    encoder = [k for k in ours if k.startswith(("encoder.", "quant_conv."))]
+    changed = [k for k in encoder if k not in theirs or not torch.equal(ours[k], theirs[k].to(ours[k].dtype))]
+    if changed:
+        raise ValueError(f"--vae {path}: its encoder differs from the pipeline's ({len(changed)} tensors, e.g. "
+                         f"{changed[0]}), so the model's latents would not match")
+    pipeline_device = next(current.parameters()).device
+    return vae.to(pipeline_device, dtype=next(current.parameters()).dtype)
 
 
 def drop_source_paths(folder: Path) -> None:
