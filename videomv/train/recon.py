@@ -82,7 +82,7 @@ class ReconstructorTask(Task):
             raise FileNotFoundError(f"generator.path {gen_cfg.get('path')!r} is not a pipeline folder; train "
                                     "stage 1 first (scripts/train_mv.py exports one) or use inputs.source=ground_truth")
         cls = T2MVPipeline if gen_cfg.get("task", "text") == "text" else I2MVPipeline
-        pipe = cls.from_pretrained(path)
+        pipe = cls.from_pretrained(path, torch_dtype=torch.float32)  # exported folders may store fp16
         pipe.set_progress_bar_config(disable=True)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False).eval()
