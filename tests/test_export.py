@@ -23,6 +23,9 @@ def load_tool():
 
 def test_bundled_tokenizer_is_recognised_and_others_are_not():
     assert is_bundled_clip_tokenizer(bundled_clip_tokenizer())
+    used = bundled_clip_tokenizer()
+    used(["a red cube"], padding="max_length", max_length=77, truncation=True)  # leaves call state behind
+    assert is_bundled_clip_tokenizer(used)
     assert not is_bundled_clip_tokenizer(bundled_clip_tokenizer(model_max_length=32))
     assert not is_bundled_clip_tokenizer(bundled_clip_tokenizer(pad_token="<|endoftext|>"))
 

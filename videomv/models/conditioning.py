@@ -7,6 +7,8 @@ that open_clip ships inside its package, which is OpenAI CLIP's (49408 tokens).
 
 from __future__ import annotations
 
+import json
+
 import os
 from dataclasses import dataclass
 
@@ -50,7 +52,14 @@ def is_bundled_clip_tokenizer(tokenizer) -> bool:
     normaliser, special tokens, length and padding), so a saved folder may leave it out."""
     reference = bundled_clip_tokenizer()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.to_str() != reference.backend_tokenizer.to_str():
+    if backend is None:
+        return False
+
+    def model_of(b) -> dict:  # what tokenizes; truncation/padding are per-call state that a save keeps
+        spec = json.loads(b.to_str())
+        return {k: v for k, v in spec.items() if k not in ("truncation", "padding")}
+
+    if model_of(backend) != model_of(reference.backend_tokenizer):
         return False
     names = ("model_max_length", "pad_token", "bos_token", "eos_token", "unk_token", "padding_side")
     return all(getattr(tokenizer, n, None) == getattr(reference, n) for n in names)
