@@ -5,8 +5,9 @@ load) from a stage-1 run's exported pipeline and a stage-2 run's reconstructor.
     python tools/export_embedded.py --task text --pipeline runs/toy_t2mv/final \\
         --reconstructor runs/toy_recon_ft/reconstructor --out data/embedded/t2mv --resolution 64 --dtype fp16
 
-Configs lose their `_name_or_path` (a path on the exporting machine). A tokenizer identical to the bundled CLIP tokenizer is left out (loading falls back to it), and
-with --share-with, components byte-identical to another model folder's become relative symlinks.
+Configs lose their `_name_or_path` (a path on the exporting machine). A tokenizer identical to the
+bundled CLIP tokenizer is left out (loading falls back to it), and with --share-with, components
+byte-identical to another model folder's become relative symlinks.
 """
 
 from __future__ import annotations
@@ -93,8 +94,7 @@ def replacement_vae(current: AutoencoderKL, path: Path) -> AutoencoderKL:
     if changed:
         raise ValueError(f"--vae {path}: its encoder differs from the pipeline's ({len(changed)} tensors, e.g. "
                          f"{changed[0]}), so the model's latents would not match")
-    pipeline_device = next(current.parameters()).device
-    return vae.to(pipeline_device, dtype=next(current.parameters()).dtype)
+    return vae
 
 
 def drop_source_paths(folder: Path) -> None:

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 SUBSETS = ("all", "every3", "az45")
 T1_COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("clip", "CLIP ↑"),
               ("flow_rmse_f1", "flow RMSE f=1 ↓"), ("flow_rmse_f6", "flow RMSE f=6 ↓")]
-BEGIN, END = "<!-- results tables: begin -->", "<!-- results tables: end -->"
 T2_COLUMNS = [("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("flow_rmse_f1", "flow RMSE f=1 ↓")]
+BEGIN, END = "<!-- results tables: begin -->", "<!-- results tables: end -->"  # the page's tables section
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -4,8 +4,8 @@ Text -> views: PSNR of the generated views against the ground-truth renders of a
 that caption, at that object's cameras. Two references bound it: the floor, a constant background
 image, and the ceiling, another toy object with the same caption (same recipe, other sizes and
 turns) rendered at the same cameras. `gap_closed` = (generated - floor) / (ceiling - floor); the bar
-is at least 0.5, on the PSNRs averaged over the test prompts. Consistency: the mean absolute difference between neighbouring views,
-generated vs ground truth (bar: ratio <= 2).
+is at least 0.5, on the PSNRs averaged over the test prompts. Consistency: the mean absolute
+difference between neighbouring views, generated vs ground truth (bar: ratio <= 2).
 Image -> views: PSNR against the object's own ground truth, conditioned on its view 0 (bar: >= 20 dB).
 """
 

@@ -8,7 +8,6 @@ that open_clip ships inside its package, which is OpenAI CLIP's (49408 tokens).
 from __future__ import annotations
 
 import json
-
 import os
 from dataclasses import dataclass
 

@@ -134,13 +134,17 @@ class VAETask(Task):
             scores.append(psnr((recon + 1) / 2, (x + 1) / 2))
         return sum(scores) / max(len(scores), 1)
 
-    def psnr_per_background(self, vae: AutoencoderKL, limit: int | None = None) -> dict[str, float]:
-        return {f"psnr_{name}": self.heldout_psnr(vae, limit, bg) for name, bg in self.backgrounds.items()}
+    def heldout_scores(self, vae: AutoencoderKL, limit: int | None = None) -> dict[str, float]:
+        """"psnr" on the dataset's background and "psnr_<name>" per training background (the
+        dataset's own background is scored once)."""
+        scores = {"psnr": self.heldout_psnr(vae, limit)}
+        for name, bg in self.backgrounds.items():
+            same = torch.equal(bg, self.dataset_background)
+            scores[f"psnr_{name}"] = scores["psnr"] if same else self.heldout_psnr(vae, limit, bg)
+        return scores
 
     def validate(self, step, out_dir, models):
-        vae = models["vae"].vae
-        limit = self.cfg.validation.get("max_objects")
-        return {"psnr": self.heldout_psnr(vae, limit), **self.psnr_per_background(vae, limit)}
+        return self.heldout_scores(models["vae"].vae, self.cfg.validation.get("max_objects"))
 
     @torch.no_grad()
     def latent_std(self, vae: AutoencoderKL, max_objects: int = 32) -> float:
@@ -155,8 +159,8 @@ class VAETask(Task):
             vae.register_to_config(scaling_factor=scaling)
         else:  # same encoder, same latents: keep the factor the diffusion models were trained with
             scaling = float(vae.config.scaling_factor)
-        held = self.heldout_psnr(vae)
-        by_background = self.psnr_per_background(vae)
+        by_background = self.heldout_scores(vae)
+        held = by_background.pop("psnr")
         target = Path(out_dir) / "vae"
         with atomic_directory(target) as tmp:
             vae.save_pretrained(str(tmp), safe_serialization=True)  # safetensors weights + config.json
