@@ -104,6 +104,31 @@ def test_toy_run_loss_falls_and_saves_resolved_config(tmp_path, toy_root):
     assert saved.unet.init.block_out_channels == [8, 16]
 
 
+def test_continuing_from_an_fp16_model_folder_trains_float32_copies(tmp_path, toy_root):
+    from accelerate import Accelerator
+
+    from videomv.sampling import T2MVPipeline
+
+    run(tmp_path / "a", toy_root, "max_steps=1", "checkpoint.every=100")
+    half = tmp_path / "half"  # an exported model folder stores fp16, as data/embedded does
+    T2MVPipeline.from_pretrained(str(tmp_path / "a" / "final")).to(torch.float16).save_pretrained(str(half))
+    AcceleratorState._reset_state(True)
+    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}", "data.cache_latents=false",
+                                      f"unet.pretrained={half}", f"text_encoder.base={half}", f"vae.path={half}/vae",
+                                      "vae.subfolder=null"])
+    try:
+        task = MultiViewTask(cfg, Accelerator(cpu=True))
+    finally:
+        AcceleratorState._reset_state(True)
+    saved = _load(half / "unet" / "diffusion_pytorch_model.safetensors")
+    for name, model in task.trainable_models().items():
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, name
+    unet_state = task.unet.state_dict()
+    assert saved and all(saved[k].dtype == torch.float16 for k in saved)
+    for k, v in saved.items():
+        torch.testing.assert_close(unet_state[k], v.float(), rtol=0, atol=0)
+
+
 def test_resume_continues_exactly(tmp_path, toy_root):
     full = tmp_path / "full"
     run(full, toy_root, "max_steps=6", "checkpoint.every=3", "checkpoint.keep_last=5")

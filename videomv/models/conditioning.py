@@ -64,6 +64,12 @@ def is_bundled_clip_tokenizer(tokenizer) -> bool:
     return all(getattr(tokenizer, n, None) == getattr(reference, n) for n in names)
 
 
+def uses_bundled_tokenizer(path, tokenizer_subfolder: str = "tokenizer") -> bool:
+    """True for a local model folder without a tokenizer folder: it gets `bundled_clip_tokenizer()`
+    (saved folders leave that tokenizer out, see `is_bundled_clip_tokenizer`)."""
+    return os.path.isdir(path) and not os.path.isdir(os.path.join(path, tokenizer_subfolder))
+
+
 class TextConditioner(nn.Module):
     """Tokenizer + `CLIPTextModel`: prompts -> (B, 77, D) token embeddings (last hidden state)."""
 
@@ -78,7 +84,7 @@ class TextConditioner(nn.Module):
         """Load from a diffusers folder (or hub id). A missing tokenizer folder in a local folder
         falls back to the bundled CLIP tokenizer."""
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder=text_encoder_subfolder, **kwargs)
-        if os.path.isdir(path) and not os.path.isdir(os.path.join(path, tokenizer_subfolder)):
+        if uses_bundled_tokenizer(path, tokenizer_subfolder):
             tokenizer = bundled_clip_tokenizer()
         else:
             tokenizer = CLIPTokenizer.from_pretrained(path, subfolder=tokenizer_subfolder)

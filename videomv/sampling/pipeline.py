@@ -8,7 +8,6 @@ the camera-conditioned UNets. The denoising loop is `videomv.sampling.ddim.ddim_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..geometry import camera_vector, orbit_cameras
-from ..models.conditioning import ImageConditioner, TextConditioner, bundled_clip_tokenizer
+from ..models.conditioning import (ImageConditioner, TextConditioner, bundled_clip_tokenizer,
+                                   uses_bundled_tokenizer)
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
 from .ddim import Z0Hook, ddim_sample
@@ -34,6 +34,14 @@ class MultiViewPipelineOutput(BaseOutput):
 
     images: torch.Tensor | np.ndarray | list | None
     latents: torch.Tensor
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """The `from_pretrained` keyword for a dtype: `dtype` where diffusers has it (it deprecates
+    `torch_dtype`), `torch_dtype` on older versions."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 def prepare_cameras(cameras, batch_size: int, default: torch.Tensor) -> torch.Tensor:
@@ -60,8 +68,7 @@ class _MultiViewPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """As diffusers'; a local folder without tokenizer/ gets the bundled CLIP tokenizer (folders
         whose tokenizer is that one may leave it out, see `videomv.models.conditioning`)."""
-        folder = Path(pretrained_model_name_or_path)
-        if "tokenizer" not in kwargs and folder.is_dir() and not (folder / "tokenizer").is_dir():
+        if "tokenizer" not in kwargs and uses_bundled_tokenizer(pretrained_model_name_or_path):
             kwargs["tokenizer"] = bundled_clip_tokenizer()
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

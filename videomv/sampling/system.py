@@ -20,7 +20,7 @@ from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
 from ..recon import Reconstructor
 from .aware import ReconstructionHook, aware_step_indices, find_orthogonal_views, orthogonal_cameras_for
-from .pipeline import I2MVPipeline, T2MVPipeline
+from .pipeline import I2MVPipeline, T2MVPipeline, dtype_kwargs
 
 SETTINGS_NAME = "videomv.json"
 RECONSTRUCTOR_DIR = "reconstructor"
@@ -90,7 +90,7 @@ class VideoMV:
             raise FileNotFoundError(f"{path} is not a VideoMV model folder: {SETTINGS_NAME} is missing")
         settings = VideoMVSettings(**json.loads(settings_file.read_text()))
         pipeline_cls = T2MVPipeline if settings.task == "text" else I2MVPipeline
-        pipeline = pipeline_cls.from_pretrained(path, torch_dtype=torch_dtype).to(device)
+        pipeline = pipeline_cls.from_pretrained(path, **dtype_kwargs(torch_dtype)).to(device)
         pipeline.set_progress_bar_config(disable=True)
         recon_dir = path / RECONSTRUCTOR_DIR
         reconstructor = Reconstructor.from_pretrained(recon_dir, device=device) if recon_dir.is_dir() else None

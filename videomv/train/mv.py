@@ -113,17 +113,18 @@ class MultiViewTask(Task):
         if self.weight_dtype != torch.float32:
             self.vae.to(dtype=self.weight_dtype)
         self.scaling_factor = float(cfg.vae.get("scaling_factor") or self.vae.config.scaling_factor)
-        self.unet = build_unet(cfg.unet, self.kind)
+        # Trained weights stay float32 (mixed precision autocasts); model folders may store fp16.
+        self.unet = build_unet(cfg.unet, self.kind).to(torch.float32)
         self.text = build_text_conditioner(cfg.text_encoder)
         self.train_text_encoder = bool(cfg.text_encoder.get("train", False))
-        self.text.to(device)
+        self.text.to(device, torch.float32)
         if not self.train_text_encoder:
             self.text.requires_grad_(False)
             self.text.to(dtype=self.weight_dtype)
         self.image_conditioner = None
         if self.kind == "i2mv":
             self.image_conditioner = build_image_conditioner(cfg.image_encoder, self.vae)
-            self.image_conditioner.to(device).requires_grad_(False)
+            self.image_conditioner.to(device, self.weight_dtype).requires_grad_(False)
         sched = cfg.noise_scheduler
         self.noise_scheduler = build_noise_scheduler(sched.get("preset", "t2v_eps"),
                                                      **_plain(sched.get("overrides")))

@@ -76,13 +76,14 @@ class ReconstructorTask(Task):
     @staticmethod
     def _load_generator(gen_cfg: DictConfig):
         from videomv.sampling import I2MVPipeline, T2MVPipeline
+        from videomv.sampling.pipeline import dtype_kwargs
 
         path = resolve_path(gen_cfg.path)
         if path is None or not path.is_dir():
             raise FileNotFoundError(f"generator.path {gen_cfg.get('path')!r} is not a pipeline folder; train "
                                     "stage 1 first (scripts/train_mv.py exports one) or use inputs.source=ground_truth")
         cls = T2MVPipeline if gen_cfg.get("task", "text") == "text" else I2MVPipeline
-        pipe = cls.from_pretrained(path, torch_dtype=torch.float32)  # exported folders may store fp16
+        pipe = cls.from_pretrained(path, **dtype_kwargs(torch.float32))  # exported folders may store fp16
         pipe.set_progress_bar_config(disable=True)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False).eval()
