@@ -19,7 +19,7 @@ from videomv.train.batches import BatchStream, ShardedOrder
 from videomv.train.checkpoint import (CheckpointManager, optimizer_from_safe, optimizer_to_safe, rng_state,
                                       set_rng_state)
 from videomv.train.config import load_config, parse_args
-from videomv.train.diffusion import build_noise_scheduler, diffusion_loss, diffusion_target
+from videomv.train.diffusion import build_noise_scheduler, diffusion_loss, diffusion_target, warn_min_snr_high_noise
 from videomv.train.ema import EMA
 from videomv.train.engine import NonFiniteLossError, train
 from videomv.train.mv import MultiViewTask
@@ -113,9 +113,9 @@ def test_continuing_from_an_fp16_model_folder_trains_float32_copies(tmp_path, to
     half = tmp_path / "half"  # an exported model folder stores fp16, as data/embedded does
     T2MVPipeline.from_pretrained(str(tmp_path / "a" / "final")).to(torch.float16).save_pretrained(str(half))
     AcceleratorState._reset_state(True)
-    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}", "data.cache_latents=false",
-                                      f"unet.pretrained={half}", f"text_encoder.base={half}", f"vae.path={half}/vae",
-                                      "vae.subfolder=null"])
+    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}",
+                                      "data.cache_latents=false", f"unet.pretrained={half}",
+                                      f"text_encoder.base={half}", f"vae.path={half}/vae", "vae.subfolder=null"])
     try:
         task = MultiViewTask(cfg, Accelerator(cpu=True))
     finally:
@@ -436,3 +436,15 @@ def test_diffusion_targets_and_min_snr_weights():
     assert diffusion_loss(pred, eps, text, t, min_snr_gamma=5.0).item() == pytest.approx((w * mse).mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="preset"):
         build_noise_scheduler("nope")
+
+
+def test_min_snr_warns_when_the_noisiest_steps_get_almost_no_weight():
+    image = build_noise_scheduler("i2v_v_zero_snr")  # SNR(999) = 0: x0 weight exactly 0 there
+    with pytest.warns(UserWarning, match=r"t=999 is weighted by 0 "):
+        assert warn_min_snr_high_noise(image, 5.0)
+    text = build_noise_scheduler("t2v_eps")  # SNR(999) = 0.0047
+    ac = float(text.alphas_cumprod[-1])
+    with pytest.warns(UserWarning, match=f"weighted by {ac / (1 - ac):.2g} "):
+        warn_min_snr_high_noise(text, 5.0)
+    assert warn_min_snr_high_noise(image, None) is None  # plain MSE
+    assert warn_min_snr_high_noise(build_noise_scheduler(None, beta_end=1e-4), 5.0) is None  # SNR(T) >= 0.01

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from diffusers import DDPMScheduler
 
@@ -43,6 +45,26 @@ def diffusion_target(scheduler: DDPMScheduler, latents, noise, timesteps) -> tor
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
     raise ValueError(f"unsupported prediction_type {kind!r} (expected epsilon or v_prediction)")
+
+
+def warn_min_snr_high_noise(scheduler: DDPMScheduler, min_snr_gamma: float | None) -> str | None:
+    """Warn (and return the message) when min-SNR weights leave the noisiest steps almost untrained.
+
+    In x0 terms the min-SNR weight is min(SNR, γ) for eps and v targets alike, so near the end of
+    the schedule an x0 error counts about SNR(T) (exactly 0 with zero terminal SNR). Those are the
+    steps where only the condition (prompt or input image) can tell colours and layout apart.
+    """
+    if not min_snr_gamma:
+        return None
+    last = scheduler.config.num_train_timesteps - 1
+    terminal = float(snr(scheduler, torch.tensor([last]))[0])
+    if terminal >= 0.01:
+        return None
+    message = (f"min_snr_gamma={min_snr_gamma}: an x0 error at t={last} is weighted by {terminal:.2g} "
+               "(min(SNR, gamma)); the highest-noise steps, where the condition decides colours and layout, "
+               "barely train. Set min_snr_gamma: null for plain MSE.")
+    warnings.warn(message, stacklevel=2)
+    return message
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, timesteps: torch.Tensor,

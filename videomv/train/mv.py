@@ -18,7 +18,7 @@ from videomv.models.latents import vae_encode
 
 from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
                        read_prompts, resolve_path, take_views, view_window)
-from .diffusion import build_noise_scheduler, diffusion_loss, diffusion_target
+from .diffusion import build_noise_scheduler, diffusion_loss, diffusion_target, warn_min_snr_high_noise
 from .engine import Task
 
 
@@ -128,6 +128,7 @@ class MultiViewTask(Task):
         sched = cfg.noise_scheduler
         self.noise_scheduler = build_noise_scheduler(sched.get("preset", "t2v_eps"),
                                                      **_plain(sched.get("overrides")))
+        warn_min_snr_high_noise(self.noise_scheduler, cfg.get("min_snr_gamma"))
         with accelerator.main_process_first():  # the main process builds a missing toy world / cache
             self.train_dataset = build_multiview_dataset(cfg.data, "train")
             self.latents = None
