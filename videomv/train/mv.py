@@ -117,10 +117,9 @@ class MultiViewTask(Task):
         self.unet = build_unet(cfg.unet, self.kind).to(torch.float32)
         self.text = build_text_conditioner(cfg.text_encoder)
         self.train_text_encoder = bool(cfg.text_encoder.get("train", False))
-        self.text.to(device, torch.float32)
+        self.text.to(device, torch.float32 if self.train_text_encoder else self.weight_dtype)
         if not self.train_text_encoder:
             self.text.requires_grad_(False)
-            self.text.to(dtype=self.weight_dtype)
         self.image_conditioner = None
         if self.kind == "i2mv":
             self.image_conditioner = build_image_conditioner(cfg.image_encoder, self.vae)
