@@ -68,3 +68,36 @@ def test_gap_closed_closed_form():
     assert gap_closed(18.0, 16.0, 20.0) == pytest.approx(0.5)
     assert gap_closed(16.0, 16.0, 20.0) == 0.0
     assert gap_closed(15.0, 17.0, 16.0) != gap_closed(15.0, 17.0, 16.0)  # NaN: the twin is no better than blank
+
+
+class ProbePipeline:
+    """Stands in for the image pipeline: runs a loop calling the z0 hook with z0_cond = step + 1."""
+
+    def __init__(self):
+        self.hook_calls, self.cameras = 0, None
+
+    def __call__(self, image, cameras, z0_hook, num_inference_steps, **kwargs):
+        self.cameras = cameras
+        for i in range(num_inference_steps):
+            self.hook_calls += 1
+            z0 = torch.full((1, 3, cameras.shape[1], RES, RES), float(i + 1))
+            z0_hook(i, 999 - i, z0, -z0, None)
+        raise AssertionError("the probe let the loop run past its first step")
+
+
+def test_first_step_probe_returns_the_conditional_estimate_of_the_first_step(toy_root):
+    from videomv.eval.toy_bar import first_step_views
+
+    oid = first_object(toy_root)
+    model = StandIn(toy_root, oid, "truth", task="image")
+    model.settings.__dict__.update(guidance_scale=6.0, num_inference_steps=50, fps=16)
+    model.pipeline = ProbePipeline()
+    model.decode = lambda z: z.permute(0, 2, 1, 3, 4)  # (B, C=3, F, H, W) "latents" are the images
+    x0, truth = first_step_views(model, toy_root, oid, num_frames=5)
+    assert model.pipeline.hook_calls == 1 and model.pipeline.cameras.shape[1] == 5
+    assert x0.shape == truth.shape == (5, 3, RES, RES) and bool((x0 == 1.0).all())  # step 0, conditional branch
+    assert torch.equal(truth, model.views[:5])
+    with pytest.raises(ValueError, match="num_frames"):
+        first_step_views(model, toy_root, oid, num_frames=0)
+    with pytest.raises(ValueError, match="image model"):
+        first_step_views(StandIn(toy_root, oid, "truth"), toy_root, oid, num_frames=5)

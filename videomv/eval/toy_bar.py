@@ -87,3 +87,35 @@ def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bo
     out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
                 guidance_scale=guidance_scale, progress=False)
     return mean_psnr(out.images, truth)
+
+
+class _FirstStepSeen(Exception):
+    """Raised by the probe's z0 hook to stop the loop after the first UNet call."""
+
+
+def first_step_views(model, root, object_id: str, num_frames: int, seed: int = 0):
+    """The image model's conditional x0 estimate at the loop's first (noisiest) step, decoded, for
+    the first `num_frames` orbit cameras of a test object conditioned on its view 0, with the
+    ground truth at those cameras: ((F, 3, H, W), (F, 3, H, W)).
+
+    This is the step where only the condition can tell the colours, so a model that lost its
+    condition shows it here first (e.g. trained on 8-view windows, sampled with 24 views)."""
+    s = model.settings
+    if s.task != "image":
+        raise ValueError(f"first_step_views probes an image model; this one is a {s.task!r} model")
+    _, cams, truth = object_views(model, root, object_id)
+    if not 1 <= num_frames <= len(cams):
+        raise ValueError(f"num_frames must be in [1, {len(cams)}], got {num_frames}")
+    seen = {}
+
+    def hook(i, t, z0_cond, z0_uncond, latents):
+        seen["z0"] = z0_cond
+        raise _FirstStepSeen
+
+    try:
+        model.pipeline(truth[0][None], cameras=cams[None, :num_frames], guidance_scale=s.guidance_scale,
+                       num_inference_steps=s.num_inference_steps, seed=seed, target_fps=s.fps,
+                       height=s.resolution, width=s.resolution, z0_hook=hook, progress=False)
+    except _FirstStepSeen:
+        pass
+    return model.decode(seen["z0"])[0].float().cpu(), truth[:num_frames]
