@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videomv.eval.toy_bar import first_step_views, mean_psnr
+from videomv.eval.view_sets import read_split
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,10 +33,10 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    split_file = args.root / f"{args.split}.txt"
-    if not split_file.is_file():
-        p.error(f"--root: {split_file} does not exist (build the toy world with tools/make_toy_dataset.py)")
-    objects = [line.strip() for line in split_file.read_text().splitlines() if line.strip()][: args.limit]
+    try:
+        objects = read_split(args.root, args.split)[: args.limit]
+    except ValueError as e:
+        p.error(f"--root: {e}; build the toy world with tools/make_toy_dataset.py")
     model = VideoMV.from_pretrained(args.model)
     print("| object | frames | input view dB | all views dB |")
     print("|---|---|---|---|")
