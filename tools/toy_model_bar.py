@@ -67,8 +67,12 @@ def main(argv=None) -> None:
         scores = [image_bar_psnr(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps,
                                  guidance_scale=args.guidance)
                   for o in tqdm(objects, desc="image -> views")]
+        print("\n| object | image -> views dB |")
+        print("|---|---|")
+        for o, s in zip(objects, scores):
+            print(f"| {o} | {s:.2f} |")
         mean = statistics.mean(scores)
-        print(f"image -> views over {len(scores)} objects: {mean:.2f} dB (bar >= 20: {'pass' if mean >= 20 else 'FAIL'})")
+        print(f"\nimage -> views over {len(scores)} objects: {mean:.2f} dB (bar >= 20: {'pass' if mean >= 20 else 'FAIL'})")
     else:
         print(f"no image model at {args.image_model}")
 
