@@ -129,6 +129,30 @@ def test_continuing_from_an_fp16_model_folder_trains_float32_copies(tmp_path, to
         torch.testing.assert_close(unet_state[k], v.float(), rtol=0, atol=0)
 
 
+def test_schedule_overrides_reach_the_exported_sampler(tmp_path, toy_root):
+    """Zero terminal SNR and trailing spacing set for training are what the exported DDIM samples with."""
+    from accelerate import Accelerator
+    from diffusers import DDIMScheduler
+
+    run(tmp_path / "a", toy_root, "max_steps=1", "checkpoint.every=100")  # builds the toy world
+    AcceleratorState._reset_state(True)
+    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}", "data.cache_latents=false",
+                                      "noise_scheduler.overrides.prediction_type=v_prediction",
+                                      "noise_scheduler.overrides.rescale_betas_zero_snr=true",
+                                      "noise_scheduler.overrides.timestep_spacing=trailing"])
+    try:
+        task = MultiViewTask(cfg, Accelerator(cpu=True))
+    finally:
+        AcceleratorState._reset_state(True)
+    sampler = task.build_pipeline(task.trainable_models()).scheduler
+    reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    torch.testing.assert_close(sampler.alphas_cumprod, reference.alphas_cumprod, rtol=0, atol=0)
+    assert float(sampler.alphas_cumprod[-1]) == 0.0 and sampler.config.prediction_type == "v_prediction"
+    sampler.set_timesteps(50)
+    assert sampler.timesteps[0] == 999 and sampler.timesteps[-1] == 19
+
+
 def test_resume_continues_exactly(tmp_path, toy_root):
     full = tmp_path / "full"
     run(full, toy_root, "max_steps=6", "checkpoint.every=3", "checkpoint.keep_last=5")

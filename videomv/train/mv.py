@@ -232,8 +232,11 @@ class MultiViewTask(Task):
         base = text_scheduler() if self.kind == "t2mv" else image_scheduler()
         trained = {k: self.noise_scheduler.config[k] for k in ("num_train_timesteps", "beta_start", "beta_end",
                                                                "beta_schedule", "prediction_type",
-                                                               "rescale_betas_zero_snr")}
-        scheduler = DDIMScheduler.from_config({**base.config, **trained})
+                                                               "rescale_betas_zero_snr", "timestep_spacing")}
+        # `_use_default_values` would make from_config reset the keys it lists (rescale_betas_zero_snr
+        # among them) to their defaults, over the trained values.
+        merged = {k: v for k, v in {**base.config, **trained}.items() if k != "_use_default_values"}
+        scheduler = DDIMScheduler.from_config(merged)
         text = self.text  # holds the same CLIPTextModel object as models["text_encoder"]
         if self.kind == "t2mv":
             return T2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,
