@@ -60,6 +60,26 @@ def test_export_leaves_out_the_tokenizer_links_shared_parts_and_loads_back(tmp_p
     torch.testing.assert_close(reloaded_second("a red cube", **kwargs).images, other("a red cube", **kwargs).images)
 
 
+def test_export_sets_the_timestep_spacing_and_keeps_the_rest_of_the_schedule(tmp_path):
+    from diffusers import DDIMScheduler
+
+    model = tiny_text_videomv(seed=0, with_reconstructor=False)
+    zero_snr = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                    prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    model.pipeline.scheduler = DDIMScheduler(**zero_snr)
+    model.pipeline.save_pretrained(tmp_path / "final")
+    tool = load_tool()
+    tool.main(["--task", "text", "--resolution", str(RESOLUTION), "--dtype", "fp32", "--pipeline",
+               str(tmp_path / "final"), "--out", str(tmp_path / "out"), "--timestep-spacing", "trailing"])
+    scheduler = VideoMV.from_pretrained(tmp_path / "out").pipeline.scheduler
+    reference = DDIMScheduler(**zero_snr, timestep_spacing="trailing")
+    assert scheduler.config.rescale_betas_zero_snr and scheduler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(scheduler.alphas_cumprod, reference.alphas_cumprod, rtol=0, atol=0)
+    scheduler.set_timesteps(50)
+    reference.set_timesteps(50)
+    assert scheduler.timesteps.tolist() == reference.timesteps.tolist() and scheduler.timesteps[0] == 999
+
+
 def test_export_swaps_in_a_vae_only_when_its_encoder_is_the_same(tmp_path):
     import pytest
     from diffusers import AutoencoderKL

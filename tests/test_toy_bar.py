@@ -101,3 +101,40 @@ def test_first_step_probe_returns_the_conditional_estimate_of_the_first_step(toy
         first_step_views(model, toy_root, oid, num_frames=0)
     with pytest.raises(ValueError, match="image model"):
         first_step_views(StandIn(toy_root, oid, "truth"), toy_root, oid, num_frames=5)
+
+
+def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
+    from diffusers import DDIMScheduler
+    from tiny_videomv import tiny_image_videomv, tiny_text_videomv
+
+    from videomv.eval.toy_bar import object_views, prompt_losses
+
+    model = tiny_text_videomv(with_reconstructor=False)
+    pipe = model.pipeline
+    objects = (toy_root / "train.txt").read_text().split()[:2]
+    # A UNet that ignores the prompt scores every prompt the same.
+    real = prompt_losses(model, toy_root, objects, [500])
+    blind = pipe.encode_prompt
+    pipe.encode_prompt = lambda prompt, *a, **k: blind([""], *a, **k)
+    same = prompt_losses(model, toy_root, objects, [500])[500]
+    assert same["own"] == same["other"] == same["empty"] > 0
+    pipe.encode_prompt = blind
+    assert real[500]["own"] != real[500]["other"]  # the random tiny text encoder does tell captions apart
+
+    # Closed form: zero terminal SNR, v-prediction, a UNet predicting 0. At t = 999 the noisy input
+    # is pure noise and the v target is -z0, so the loss is the mean square of the clean latents.
+    pipe.scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda sample, *a, **k: SimpleNamespace(sample=torch.zeros_like(sample))
+    try:
+        loss = prompt_losses(model, toy_root, objects, [999])[999]
+    finally:
+        pipe.unet.forward = forward
+    expected = sum(float(model.encode(object_views(model, toy_root, o)[2][None]).pow(2).mean()) for o in objects) / 2
+    assert loss["own"] == pytest.approx(expected, rel=1e-5) and loss["empty"] == pytest.approx(expected, rel=1e-5)
+
+    with pytest.raises(ValueError, match="at least 2"):
+        prompt_losses(model, toy_root, objects[:1], [500])
+    with pytest.raises(ValueError, match="text model"):
+        prompt_losses(tiny_image_videomv(with_reconstructor=False), toy_root, objects, [500])

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL
 from videomv.models.conditioning import is_bundled_clip_tokenizer
 from videomv.recon import Reconstructor
 from videomv.sampling import I2MVPipeline, T2MVPipeline
+from videomv.sampling.ddim import ddim_with
 from videomv.sampling.system import VideoMV, VideoMVSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -46,6 +47,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--vae", type=Path, help="a VAE folder replacing the pipeline's; it must have the same encoder "
                                             "and scaling (e.g. from a decoder-only run)")
+    p.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"),
+                   help="DDIM timestep spacing of the exported model (default: the pipeline's)")
     p.add_argument("--share-with", type=Path, help="model folder whose identical components are linked, not copied")
     args = p.parse_args(argv)
     if args.share_with is not None and not args.share_with.is_dir():
@@ -55,6 +58,8 @@ def main(argv=None) -> None:
     pipeline = pipeline_cls.from_pretrained(args.pipeline)
     if args.vae is not None:
         pipeline.vae = replacement_vae(pipeline.vae, args.vae)
+    if args.timestep_spacing is not None:
+        pipeline.scheduler = ddim_with(pipeline.scheduler.config, timestep_spacing=args.timestep_spacing)
     pipeline = pipeline.to(DTYPES[args.dtype])
     recon = Reconstructor.from_pretrained(args.reconstructor, dtype=DTYPES[args.dtype]) if args.reconstructor else None
     overrides = {k: v for k, v in dict(elevation=args.elevation, radius=args.radius,

@@ -119,3 +119,40 @@ def first_step_views(model, root, object_id: str, num_frames: int, seed: int = 0
     except _FirstStepSeen:
         pass
     return model.decode(seen["z0"])[0].float().cpu(), truth[:num_frames]
+
+
+@torch.no_grad()
+def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict[int, dict[str, float]]:
+    """The text model's training loss (MSE against its scheduler's target) on toy objects at fixed
+    timesteps, with each object's own caption, with the next object's caption, and with the empty
+    prompt: {t: {"own": ..., "other": ..., "empty": ...}}.
+
+    Where "own" is well below "empty" the model uses the prompt; where "other" is far above "own"
+    it could tell the captions apart. Comparing these with what samples show separates a model
+    that ignores its prompt from a sampler that loses what the model learned."""
+    s = model.settings
+    if s.task != "text":
+        raise ValueError(f"prompt_losses probes a text model; this one is a {s.task!r} model")
+    if len(object_ids) < 2:
+        raise ValueError(f"object_ids: need at least 2 objects (each is scored with another's caption), got {len(object_ids)}")
+    pipe, scheduler = model.pipeline, model.pipeline.scheduler
+    views = [object_views(model, root, o) for o in object_ids]
+    captions = [obj.caption for obj, _, _ in views]
+    prompts = {"own": captions, "other": captions[1:] + captions[:1], "empty": [""] * len(captions)}
+    unet = pipe.unet
+    result = {}
+    for t in timesteps:
+        row = {k: 0.0 for k in prompts}
+        for i, (_, cams, truth) in enumerate(views):
+            latents = model.encode(truth[None].to(pipe.device, unet.dtype))
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i))
+            noise = noise.to(latents)
+            step = torch.tensor([t], device=latents.device)
+            noisy = scheduler.add_noise(latents, noise, step)
+            target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, step)
+            for k, p in prompts.items():
+                context = pipe.encode_prompt([p[i]], None, do_cfg=False).to(unet.dtype)
+                pred = unet(noisy, step, encoder_hidden_states=context, cameras=cams[None].to(latents)).sample
+                row[k] += float((pred.float() - target.float()).pow(2).mean()) / len(views)
+        result[t] = row
+    return result

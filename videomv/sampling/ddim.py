@@ -55,6 +55,15 @@ def image_scheduler(timestep_spacing: str = "leading") -> DDIMScheduler:
     )
 
 
+def ddim_with(config, **changes) -> DDIMScheduler:
+    """A DDIM scheduler from a scheduler config with some values changed.
+
+    diffusers' `from_config` resets every key a config lists in `_use_default_values` to its
+    default, even when passed in, so a changed `rescale_betas_zero_snr` would silently be lost."""
+    values = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+    return DDIMScheduler.from_config({**values, **changes})
+
+
 def _alpha(scheduler: DDIMScheduler, t, like: torch.Tensor) -> torch.Tensor:
     return scheduler.alphas_cumprod[int(t)].to(device=like.device, dtype=like.dtype)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers import AutoencoderKL
 from omegaconf import DictConfig, OmegaConf
 
 from videomv.io import atomic_directory, atomic_write
@@ -227,16 +227,13 @@ class MultiViewTask(Task):
         from transformers import CLIPImageProcessor
 
         from videomv.sampling import I2MVPipeline, T2MVPipeline
-        from videomv.sampling.ddim import image_scheduler, text_scheduler
+        from videomv.sampling.ddim import ddim_with, image_scheduler, text_scheduler
 
         base = text_scheduler() if self.kind == "t2mv" else image_scheduler()
         trained = {k: self.noise_scheduler.config[k] for k in ("num_train_timesteps", "beta_start", "beta_end",
                                                                "beta_schedule", "prediction_type",
                                                                "rescale_betas_zero_snr", "timestep_spacing")}
-        # `_use_default_values` would make from_config reset the keys it lists (rescale_betas_zero_snr
-        # among them) to their defaults, over the trained values.
-        merged = {k: v for k, v in {**base.config, **trained}.items() if k != "_use_default_values"}
-        scheduler = DDIMScheduler.from_config(merged)
+        scheduler = ddim_with(base.config, **trained)
         text = self.text  # holds the same CLIPTextModel object as models["text_encoder"]
         if self.kind == "t2mv":
             return T2MVPipeline(vae=self.vae, text_encoder=text.text_encoder, tokenizer=text.tokenizer,

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Does the text model use its prompt? Its training loss on toy objects at fixed timesteps, with
+each object's own caption, another object's caption, and the empty prompt
+(see `videomv/eval/toy_bar.py:prompt_losses`).
+
+    python tools/probe_prompt_use.py --split train --limit 16 --timesteps 50 400 800 999
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from videomv.eval.toy_bar import prompt_losses
+from videomv.eval.view_sets import read_split
+from videomv.sampling.system import VideoMV
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=REPO / "data" / "toy_world_64", help="toy dataset folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=int, default=16)
+    p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv", help="a text model folder")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950, 999])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        objects = read_split(args.root, args.split)[: args.limit]
+    except ValueError as e:
+        p.error(f"--root: {e}; build the toy world with tools/make_toy_dataset.py")
+    model = VideoMV.from_pretrained(args.model)
+    last = model.pipeline.scheduler.config.num_train_timesteps - 1
+    bad = [t for t in args.timesteps if not 0 <= t <= last]
+    if bad:
+        p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
+    rows = prompt_losses(model, args.root, objects, args.timesteps, args.seed)
+    print(f"training loss of {args.model} on {len(objects)} {args.split} objects")
+    print("| t | own caption | another caption | empty prompt |")
+    print("|---|---|---|---|")
+    for t, r in rows.items():
+        print(f"| {t} | {r['own']:.4f} | {r['other']:.4f} | {r['empty']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
