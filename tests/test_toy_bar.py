@@ -138,3 +138,19 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
         prompt_losses(model, toy_root, objects[:1], [500])
     with pytest.raises(ValueError, match="text model"):
         prompt_losses(tiny_image_videomv(with_reconstructor=False), toy_root, objects, [500])
+
+
+def test_toy_objects_reads_the_split_and_rejects_bad_arguments(toy_root, tmp_path, capsys):
+    import argparse
+
+    from videomv.eval.cli import add_toy_objects_args, toy_objects
+
+    p = argparse.ArgumentParser(prog="tool")
+    add_toy_objects_args(p, split="train", limit=1)
+    args = p.parse_args(["--root", str(toy_root)])
+    assert toy_objects(p, args) == (toy_root / "train.txt").read_text().split()[:1]
+    for argv, message in ((["--root", str(tmp_path)], "make_toy_dataset.py"),
+                          (["--root", str(toy_root), "--limit", "0"], "--limit must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            toy_objects(p, p.parse_args(argv))
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videomv.eval.toy_bar import first_step_views, mean_psnr
-from videomv.eval.view_sets import read_split
+from videomv.eval.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,19 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=REPO / "data" / "toy_world_64", help="toy dataset folder")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=4)
+    add_toy_objects_args(p, limit=4)
     p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "i2mv", help="an image model folder")
     p.add_argument("--frames", type=int, nargs="+", default=[8, 24], help="numbers of orbit views to sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        objects = read_split(args.root, args.split)[: args.limit]
-    except ValueError as e:
-        p.error(f"--root: {e}; build the toy world with tools/make_toy_dataset.py")
+    objects = toy_objects(p, args)
     model = VideoMV.from_pretrained(args.model)
     print("| object | frames | input view dB | all views dB |")
     print("|---|---|---|---|")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from videomv.eval.toy_bar import prompt_losses
-from videomv.eval.view_sets import read_split
+from videomv.eval.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,19 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=REPO / "data" / "toy_world_64", help="toy dataset folder")
-    p.add_argument("--split", default="train")
-    p.add_argument("--limit", type=int, default=16)
+    add_toy_objects_args(p, split="train")
     p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv", help="a text model folder")
     p.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950, 999])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        objects = read_split(args.root, args.split)[: args.limit]
-    except ValueError as e:
-        p.error(f"--root: {e}; build the toy world with tools/make_toy_dataset.py")
+    objects = toy_objects(p, args)
     model = VideoMV.from_pretrained(args.model)
     last = model.pipeline.scheduler.config.num_train_timesteps - 1
     bad = [t for t in args.timesteps if not 0 <= t <= last]

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videomv.eval.toy_bar import gap_closed, image_bar_psnr, text_bar_row
-from videomv.eval.view_sets import read_split
+from videomv.eval.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,9 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=REPO / "data" / "toy_world_64", help="toy dataset folder")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=16)
+    add_toy_objects_args(p)
     p.add_argument("--text-model", type=Path, default=REPO / "data" / "embedded" / "t2mv")
     p.add_argument("--image-model", type=Path, default=REPO / "data" / "embedded" / "i2mv")
     p.add_argument("--steps", type=int, default=None)
@@ -36,10 +34,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        objects = read_split(args.root, args.split)[: args.limit]
-    except ValueError as e:
-        p.error(f"--root: {e}; build the toy world with tools/make_toy_dataset.py")
+    objects = toy_objects(p, args)
     aware = not args.no_3d_aware
 
     if (args.text_model / "videomv.json").is_file():
