@@ -115,7 +115,7 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
     # A UNet that ignores the prompt scores every prompt the same.
     real = prompt_losses(model, toy_root, objects, [500])
     blind = pipe.encode_prompt
-    pipe.encode_prompt = lambda prompt, *a, **k: blind([""], *a, **k)
+    pipe.encode_prompt = lambda prompt, *a, **k: blind([""] * len(prompt), *a, **k)
     same = prompt_losses(model, toy_root, objects, [500])[500]
     assert same["own"] == same["other"] == same["empty"] > 0
     pipe.encode_prompt = blind

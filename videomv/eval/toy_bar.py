@@ -135,24 +135,24 @@ def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed
         raise ValueError(f"prompt_losses probes a text model; this one is a {s.task!r} model")
     if len(object_ids) < 2:
         raise ValueError(f"object_ids: need at least 2 objects (each is scored with another's caption), got {len(object_ids)}")
-    pipe, scheduler = model.pipeline, model.pipeline.scheduler
+    pipe, scheduler, unet = model.pipeline, model.pipeline.scheduler, model.pipeline.unet
     views = [object_views(model, root, o) for o in object_ids]
     captions = [obj.caption for obj, _, _ in views]
     prompts = {"own": captions, "other": captions[1:] + captions[:1], "empty": [""] * len(captions)}
-    unet = pipe.unet
+    # Latents, cameras and prompt embeddings do not depend on t: computed once, reused at every t.
+    latents = [model.encode(truth[None].to(pipe.device, unet.dtype)) for _, _, truth in views]
+    cameras = [cams[None].to(z) for (_, cams, _), z in zip(views, latents)]
+    contexts = {k: pipe.encode_prompt(p, None, do_cfg=False).to(unet.dtype) for k, p in prompts.items()}
     result = {}
     for t in timesteps:
         row = {k: 0.0 for k in prompts}
-        for i, (_, cams, truth) in enumerate(views):
-            latents = model.encode(truth[None].to(pipe.device, unet.dtype))
-            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i))
-            noise = noise.to(latents)
-            step = torch.tensor([t], device=latents.device)
-            noisy = scheduler.add_noise(latents, noise, step)
-            target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, step)
-            for k, p in prompts.items():
-                context = pipe.encode_prompt([p[i]], None, do_cfg=False).to(unet.dtype)
-                pred = unet(noisy, step, encoder_hidden_states=context, cameras=cams[None].to(latents)).sample
-                row[k] += float((pred.float() - target.float()).pow(2).mean()) / len(views)
+        for i, z in enumerate(latents):
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i)).to(z)
+            step = torch.tensor([t], device=z.device)
+            noisy = scheduler.add_noise(z, noise, step)
+            target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, step)
+            for k, context in contexts.items():
+                pred = unet(noisy, step, encoder_hidden_states=context[i : i + 1], cameras=cameras[i]).sample
+                row[k] += float((pred.float() - target.float()).pow(2).mean()) / len(latents)
         result[t] = row
     return result
