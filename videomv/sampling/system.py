@@ -115,6 +115,10 @@ class VideoMVOutput:
 
 
 class VideoMV:
+    """Text or image -> consistent views (+ 3D Gaussians). Load a model folder with `from_pretrained`,
+    or join a stage-1 pipeline and a stage-2 reconstructor with `from_parts`; write one with
+    `save_pretrained`; call the model with a prompt (text task) or an image (image task)."""
+
     def __init__(self, pipeline: T2MVPipeline | I2MVPipeline, reconstructor: Reconstructor | None,
                  settings: VideoMVSettings):
         expected = T2MVPipeline if settings.task == "text" else I2MVPipeline
