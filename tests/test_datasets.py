@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from videomv.data import GObjaverseDataset, ImageCaptionDataset, collate, parse_background, toyworld
-from videomv.data.toy_writer import build_dataset
+from videomv.data import GObjaverseDataset, ImageCaptionDataset, collate, parse_background
+from videomv.toy import world as toyworld
+from videomv.toy.writer import build_dataset
 from videomv.geometry import gobjaverse_json_to_c2w
 
 SEED = 3

@@ -18,9 +18,10 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from tiny_videomv import tiny_image_videomv, tiny_text_videomv
-from videomv.data import toyworld
-from videomv.data.toy_writer import write_object
-from videomv.eval.geometry_eval import geometry_metrics, hull_mesh, silhouettes_from_background, toy_reference_mesh
+from videomv.toy import world as toyworld
+from videomv.toy.writer import write_object
+from videomv.eval.geometry_eval import geometry_metrics, hull_mesh, silhouettes_from_background
+from videomv.toy.references import toy_reference_mesh
 from videomv.eval.i2mv import TABLE2_COLUMNS, compare_views, evaluate_i2mv
 from videomv.eval.nvs import TABLE1_COLUMNS, FitSettings, nvs_consistency, train_test_split
 from videomv.eval.report import UNAVAILABLE, mean_row, read_csv, write_table
@@ -284,7 +285,7 @@ def tiny_text_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory):
-    from videomv.data.toy_writer import build_dataset
+    from videomv.toy.writer import build_dataset
 
     root = tmp_path_factory.mktemp("toy_world")
     build_dataset(root, num_objects=6, resolution=32, seed=0, split=(0.5, 0.0, 0.5), workers=1, progress=False)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from videomv.data import toyworld
-from videomv.data.toy_writer import build_dataset, object_key, split_indices
+from videomv.toy import world as toyworld
+from videomv.toy.writer import build_dataset, object_key, split_indices
 from videomv.geometry import focal_from_fov, gobjaverse_json_to_c2w, orbit_camera
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from videomv.geometry import c2w_to_gobjaverse_json
 
-from . import toyworld
+from . import world as toyworld
 
 OBJECTS_PER_DIR = 1000
+GENERATOR = "videomv.toy.world"  # written to toyworld.json; "videomv.data.toyworld" in older folders
+GENERATORS = (GENERATOR, "videomv.data.toyworld")
 VIEW_DIR = "campos_512_v4"
 
 
@@ -117,7 +119,7 @@ def build_dataset(
     for name, indices in splits.items():
         (out / f"{name}.txt").write_text("".join(object_key(i) + "\n" for i in indices))
     settings = {
-        "generator": "videomv.data.toyworld",
+        "generator": GENERATOR,
         "version": toyworld.VERSION,
         "seed": seed,
         "num_objects": num_objects,
@@ -133,3 +135,23 @@ def build_dataset(
     }
     (out / "toyworld.json").write_text(json.dumps(settings, indent=1))
     return settings
+
+
+def ensure_toy_dataset(root, toy_cfg) -> Path:
+    """Build the toy world at `root` unless it is already there (`toyworld.json` and `train.txt`
+    mark a finished build). `toy_cfg` is the config's `data.toy` section (a mapping with
+    num_objects, resolution and optionally seed, split, workers). A finished build at another
+    resolution is an error rather than a silent mismatch."""
+    root = Path(root)
+    settings_file = root / "toyworld.json"
+    if settings_file.is_file() and (root / "train.txt").is_file():
+        settings = json.loads(settings_file.read_text())
+        if int(settings.get("resolution", -1)) != int(toy_cfg["resolution"]):
+            raise ValueError(
+                f"toy world at {str(root)!r} was rendered at {settings.get('resolution')} px but the config asks "
+                f"for data.toy.resolution={toy_cfg['resolution']}: point data.root elsewhere or delete it")
+        return root
+    split = tuple(float(x) for x in toy_cfg.get("split", (0.9, 0.05, 0.05)))
+    build_dataset(root, int(toy_cfg["num_objects"]), int(toy_cfg["resolution"]), seed=int(toy_cfg.get("seed", 0)),
+                  split=split, workers=toy_cfg.get("workers"))
+    return root
