@@ -6,6 +6,9 @@ Blender's world is z-up and its camera, like the project's OpenGL convention, lo
 +y up, so a project c2w becomes Blender's camera matrix by the change of world axes alone
 (`videomv.geometry.BLENDER_TO_WORLD`). glTF is y-up; Blender's importer turns it z-up, so a mesh
 file's own frame is the project's world frame.
+
+Run it in a process of its own (tools/render_objects.py does): importing diffusers into a process
+that has loaded bpy crashed it here (bpy 5.0.1).
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def load_normalized_scene(path: Path):
             visual = g.visual
             if getattr(visual, "uv", None) is not None and getattr(getattr(visual, "material", None), "image", None) is None:
                 g.visual = trimesh.visual.TextureVisuals(uv=visual.uv, image=Image.open(texture).convert("RGB"))
-    center, scale = unit_cube(scene.dump(concatenate=True).vertices)
+    center, scale = unit_cube(scene.to_geometry().vertices)
     transform = np.diag([scale, scale, scale, 1.0])
     transform[:3, 3] = -center * scale
     scene.apply_transform(transform)
