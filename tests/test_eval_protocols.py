@@ -381,3 +381,13 @@ def test_results_tables_tool_end_to_end(toy_root, tmp_path):
     assert f"| {aware_az45['psnr']:.4f} |" in tables[-1]
     commands = [line for line in page.splitlines() if line.startswith("python scripts/")]
     assert len(commands) == 5 and sum("--no-3d-aware" in c for c in commands) == 2
+
+
+def test_eval_t2mv_defaults_to_the_shipped_t3bench_prompts(tmp_path):
+    script = load_script("eval_t2mv.py")
+    args = script.parse_args(["--out", str(tmp_path / "o")])
+    assert args.prompts == REPO / "data" / "prompts" / "t3bench_prompt_single.txt" and args.prompts.is_file()
+    from videomv.eval.generation import read_prompts
+
+    prompts = read_prompts(args.prompts)
+    assert len(prompts) == 100 and prompts[0] == "A cactus with pink flowers"

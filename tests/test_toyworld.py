@@ -336,3 +336,15 @@ def test_ensure_toy_dataset_builds_once_and_renames_the_older_naming(tmp_path):
         GObjaverseDataset(root, resolution=8)
     ensure_toy_dataset(root, cfg)
     assert torch.equal(GObjaverseDataset(root, resolution=8)[1]["images"], expected)
+
+
+def test_eval_scripts_build_the_default_toy_root_on_first_use(tmp_path, monkeypatch):
+    from videomv.toy import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_ROOT", tmp_path / "toy_world_64")
+    monkeypatch.setattr(cli, "DEFAULT_TOY", {"num_objects": 3, "resolution": 8, "seed": 0, "workers": 1})
+    root = cli.prepare_data_root(tmp_path / "toy_world_64")
+    assert (root / "test.txt").is_file() and json.loads((root / "toyworld.json").read_text())["num_objects"] == 3
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert cli.prepare_data_root(other) == other and not (other / "toyworld.json").exists()  # not built
