@@ -212,8 +212,11 @@ class GObjaverseDataset(SkippingDataset):
         images, alphas, cameras, fovy = [], [], [], None
         for view in views:
             png, meta_file = view_files(view_root, view)
-            check_view_naming(view_root, view)
-            rgb, alpha = load_rgba(png, require_alpha=True)
+            try:
+                rgb, alpha = load_rgba(png, require_alpha=True)
+            except ItemError:
+                check_view_naming(view_root, view)  # a folder in the older naming is refused, not skipped
+                raise
             if rgb.shape[1] != rgb.shape[2]:
                 raise ItemError(f"{png}: view is {rgb.shape[2]}x{rgb.shape[1]} pixels; expected a square render")
             if images and rgb.shape != images[0].shape:

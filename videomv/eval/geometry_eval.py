@@ -16,7 +16,7 @@ unknown frame) is available. "each" punishes a visual hull's typical excess (e.g
 underside below an elevated orbit) twice, by also shrinking the whole prediction.
 
 References come from a provider, a callable object id -> Mesh: `MeshReferences` for real meshes
-(videomv.eval.mesh_files), the toy world's analytic shapes for toy datasets (videomv.toy.references).
+(videomv.eval.references), the toy world's analytic shapes for toy datasets (videomv.toy.references).
 """
 
 from __future__ import annotations
