@@ -66,6 +66,16 @@ def _meshes(folder: Path) -> dict[str, world.ToyObject]:
                                      trimesh.creation.icosphere(subdivisions=4, radius=0.5).apply_translation((0.5, 0.5, 0.2))])
     _file_frame(pair).export(folder / "pair.obj")
     (folder / "broken.glb").write_bytes(b"glTF not really")
+    # a Google Scanned Objects item: meshes/model.obj + model.mtl, the texture in materials/textures/
+    gso = _file_frame(trimesh.creation.box(extents=(2.0, 2.0, 2.0)))
+    gso.visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
+    text, files = trimesh.exchange.obj.export_obj(gso, include_texture=True, return_texture=True, mtl_name="model.mtl")
+    (folder / "Tin_Box" / "meshes").mkdir(parents=True)
+    (folder / "Tin_Box" / "materials" / "textures").mkdir(parents=True)
+    (folder / "Tin_Box" / "meshes" / "model.obj").write_text(text)
+    mtl = files["model.mtl"].decode().replace("map_Kd material_0.png", "map_Kd texture.png")
+    (folder / "Tin_Box" / "meshes" / "model.mtl").write_text(mtl)
+    (folder / "Tin_Box" / "materials" / "textures" / "texture.png").write_bytes(files["material_0.png"])
 
     def toy(*prims):
         return world.ToyObject(recipe=("single", ()), caption="", primitives=list(prims), elevation=0.0)
@@ -74,6 +84,7 @@ def _meshes(folder: Path) -> dict[str, world.ToyObject]:
         "ball": toy(world.Primitive("sphere", (0.5,), (0.0, 0.0, 0.0), 0.0, "red")),
         "post": toy(world.Primitive("cylinder", (0.25, 0.5), (0.0, 0.0, 0.0), 0.0, "red")),
         "crate": toy(world.Primitive("cube", (0.5,), (0.0, 0.0, 0.0), 0.0, "red")),
+        "Tin_Box": toy(world.Primitive("cube", (0.5,), (0.0, 0.0, 0.0), 0.0, "red")),
         # box spans x [-0.5, 0], y [-0.5, 0], z [-0.35, 0.15]; sphere x [0, 0.5], y [0, 0.5], z [-0.15, 0.35]
         "pair": toy(world.Primitive("cube", (0.25,), (-0.25, -0.25, -0.1), 0.0, "red"),
                     world.Primitive("sphere", (0.25,), (0.25, 0.25, 0.1), 0.0, "red")),
@@ -88,7 +99,7 @@ def rendered(tmp_path_factory):
     argv = ["--meshes", str(tmp / "meshes"), "--out", str(out), "--num-views", "24", "--resolution", str(RES),
             "--elevation-range", "5", "30", "--seed", "0", "--split", "0", "0", "1", "--threads", "1"]
     printed = _render(argv)
-    assert "4 rendered, 0 already there, 1 skipped" in printed and "skipped broken" in printed
+    assert "5 rendered, 0 already there, 1 skipped" in printed and "skipped broken" in printed
     return tmp, out, shapes, argv
 
 
@@ -126,12 +137,13 @@ def test_layout_captions_splits_skips_and_resume(rendered):
     assert (out / "test.txt").read_text().split() == [f"0/{n}" for n in names]
     assert list(json.loads((out / "skipped.json").read_text())) == ["broken"]
     crate = out / "0" / "crate" / "campos_512_v4" / "00000" / "00000.png"
-    pixels = np.asarray(Image.open(crate))
-    assert pixels[..., :3][pixels[..., 3] == 255].std() > 10  # the texture shows, not one flat colour
+    for textured in ("crate", "Tin_Box"):  # the texture shows, not one flat colour
+        pixels = np.asarray(Image.open(out / "0" / textured / "campos_512_v4" / "00000" / "00000.png"))
+        assert pixels[..., :3][pixels[..., 3] == 255].std() > 10, textured
     # resuming renders nothing that is complete; a removed view makes its object render again
     (out / "0" / "ball" / "campos_512_v4" / "00007" / "00007.json").unlink()
     before = crate.stat().st_mtime_ns
-    assert "1 rendered, 3 already there, 1 skipped" in _render(argv)
+    assert "1 rendered, 4 already there, 1 skipped" in _render(argv)
     assert crate.stat().st_mtime_ns == before
     assert (out / "0" / "ball" / "campos_512_v4" / "00007" / "00007.json").is_file()
 
