@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 if importlib.util.find_spec("bpy") is None:  # found, not imported: see the module docstring

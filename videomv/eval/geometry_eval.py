@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .fields import gaussian_density_grid, grid_points, visual_hull
+from .fields import gaussian_density_grid, visual_hull
 from .mesh import Mesh, extract_mesh, mesh_metrics
 
 BOUND = 0.75  # half side of the extraction grid; toy objects lie inside a sphere of radius 0.6 (real meshes in the unit cube need 0.87)
