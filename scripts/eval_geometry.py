@@ -3,17 +3,20 @@
 views (visual hull of silhouettes) or from 3D Gaussians (density grid + marching cubes), then Chamfer
 distance and volume IoU against the reference mesh.
 
-    python scripts/eval_geometry.py --objects data/toy_world_64 --source gt --method hull --out runs/t3_gt
-    python scripts/eval_geometry.py --objects data/toy_world_64 --source model --method gaussians --out runs/t3_aware
-    python scripts/eval_geometry.py --objects data/toy_world_64 --source views --views-dir runs/t2_aware/views --out runs/t3
+    python scripts/eval_geometry.py --data-root data/toy_world_64 --source gt --method hull --out runs/t3_gt
+    python scripts/eval_geometry.py --data-root data/toy_world_64 --source model --method gaussians --out runs/t3_aware
+    python scripts/eval_geometry.py --data-root data/toy_world_64 --source views --views-dir runs/t2_aware/views --out runs/t3
+    python scripts/eval_geometry.py --data-root data/gso_e5 --meshes gso/ --source model --out runs/t3_gso
 
 Sources: gt = the ground-truth renders (silhouettes from their alpha: the method's upper bound);
 model = generate with an image VideoMV conditioned on view 0; views = generations saved by
 scripts/eval_i2mv.py (<views-dir>/<dir_id>__<obj_id>/). Generated views have no alpha: their
 silhouettes are the pixels differing from the background colour by more than --threshold.
 Methods: hull; gaussians = the model's Gaussians when it has a reconstructor, else Gaussians fitted
-to the views. References: for toy objects (a toyworld.json in --objects) the marching-cubes mesh of
-the analytic occupancy; otherwise --reference-dir/<dir_id>/<obj_id>.obj or .ply.
+to the views. References: for a toy world (toyworld.json in --data-root; the default root is built
+on first use) the marching-cubes mesh of the analytic occupancy; otherwise the mesh of each object in
+--meshes (the files or GSO folders tools/render_objects.py rendered, found by object name and
+normalised into the unit cube as the renders were).
 """
 
 from __future__ import annotations
@@ -23,23 +26,28 @@ import sys
 from pathlib import Path
 
 from videomv.eval.cli import EMBEDDED, add_common_args, check_common, command_line, load_model
+from videomv.toy.cli import DEFAULT_ROOT as TOY_ROOT
+from videomv.toy.cli import prepare_data_root
 
 COLUMNS = ["item", "source", "method", "chamfer", "volume_iou"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--objects", type=Path, required=True, help="G-Objaverse-layout root with <split>.txt")
+    p.add_argument("--data-root", "--objects", dest="data_root", type=Path, default=TOY_ROOT,
+                   help="G-Objaverse-layout root with <split>.txt (default: the toy world, built on first use)")
     p.add_argument("--split", default="test")
     p.add_argument("--source", choices=("gt", "model", "views"), default="gt")
     p.add_argument("--method", choices=("hull", "gaussians"), default="hull")
     p.add_argument("--model", type=Path, default=EMBEDDED["image"], help="image VideoMV folder for --source model")
     p.add_argument("--views-dir", type=Path, help="saved generations for --source views")
-    p.add_argument("--reference-dir", type=Path, help="reference meshes for non-toy objects")
+    p.add_argument("--meshes", type=Path, nargs="+", help="reference meshes (files or folders) of a rendered, non-toy root")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps for --source model")
     p.add_argument("--no-3d-aware", action="store_true")
     p.add_argument("--threshold", type=float, default=0.05, help="background-difference threshold for silhouettes")
     p.add_argument("--grid", type=int, default=64, help="extraction grid resolution")
+    p.add_argument("--bound", type=float, default=None, help="half side of the extraction grid (default: 0.75 "
+                   "for toy worlds, 0.9 for meshes in the unit cube)")
     p.add_argument("--level", type=float, default=0.5, help="Gaussian density level for marching cubes")
     p.add_argument("--reference-resolution", type=int, default=128, help="grid of the toy reference meshes")
     p.add_argument("--normalize", choices=("gt", "each"), default="gt",
@@ -49,8 +57,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(p)
     args = p.parse_args(argv)
     check_common(p, args, "eval_geometry")
-    if not args.objects.is_dir():
-        p.error(f"--objects: {args.objects} is not a folder")
+    args.data_root = prepare_data_root(args.data_root)
+    if not args.data_root.is_dir():
+        p.error(f"--data-root: {args.data_root} is not a folder")
+    from videomv.eval.geometry_eval import BOUND
+    from videomv.toy.references import ToyReferences, is_toy_dataset
+
+    toy = is_toy_dataset(args.data_root)
+    if not toy and not args.meshes:
+        p.error(f"--meshes: {args.data_root} is not a toy world, so the reference meshes must be given")
+    try:
+        if toy:
+            args.references = ToyReferences(args.data_root, args.reference_resolution)
+        else:
+            from videomv.eval.references import MeshReferences
+
+            args.references = MeshReferences(args.meshes)
+    except ValueError as err:
+        p.error(f"--meshes: {err}")
+    args.bound = args.bound or (BOUND if toy else 0.9)
+    args.meshes = [str(m) for m in args.meshes] if args.meshes else None
     if args.source == "views" and (args.views_dir is None or not args.views_dir.is_dir()):
         p.error("--source views needs --views-dir, a folder of saved generations")
     if not 0 < args.threshold < 1:
@@ -75,7 +101,7 @@ def main(argv=None) -> int:
     model = load_model(p, args.model, "image", args.device, not args.no_3d_aware) if args.source == "model" else None
     background = model.settings.background if model is not None else (1.0, 1.0, 1.0)
     try:
-        references = ground_truth_view_sets(args.objects, args.split, background, limit=args.limit)
+        references = ground_truth_view_sets(args.data_root, args.split, background, limit=args.limit)
     except ValueError as err:
         p.error(str(err))
     fit = FitSettings(resolution=references[0].resolution, num_gaussians=args.fit_gaussians, iters=args.fit_iters,
@@ -83,7 +109,7 @@ def main(argv=None) -> int:
     rows = []
     for ref in tqdm(references, desc="geometry"):
         try:
-            reference_mesh = geo.reference_mesh_for(args.objects, ref.name, args.reference_dir, args.reference_resolution)
+            reference_mesh = args.references(ref.name)
         except ValueError as err:
             p.error(str(err))
         gaussians = None
@@ -100,11 +126,11 @@ def main(argv=None) -> int:
             masks = geo.silhouettes_from_background(views.images, views.background, args.threshold)
         try:
             if args.method == "hull":
-                mesh = geo.hull_mesh(masks, views.cameras, views.fovy, args.grid)
+                mesh = geo.hull_mesh(masks, views.cameras, views.fovy, args.grid, args.bound)
             else:
                 if gaussians is None:
                     gaussians = geo.fit_view_gaussians(views, masks, fit)
-                mesh = geo.gaussian_mesh(gaussians, args.grid, level=args.level)
+                mesh = geo.gaussian_mesh(gaussians, args.grid, args.bound, level=args.level)
         except ValueError as err:  # nothing to extract: an empty prediction
             print(f"{ref.name}: no surface extracted ({err})", file=sys.stderr)
             rows.append({"item": ref.name, "source": args.source, "method": args.method, "chamfer": "no surface",
@@ -114,7 +140,7 @@ def main(argv=None) -> int:
                                        seed=args.seed)
         rows.append({"item": ref.name, "source": args.source, "method": args.method, **metrics})
     settings = {"command": command_line("scripts/eval_geometry.py", argv), **{k: str(v) if isinstance(v, Path) else v
-                for k, v in vars(args).items() if k != "parser"}}
+                for k, v in vars(args).items() if k not in ("parser", "references")}}
     paths = write_table(args.out, "table3", rows, COLUMNS, settings=settings)
     print(paths["markdown"].read_text(), end="")
     print(f"-> {paths['markdown']}, {paths['csv']}")

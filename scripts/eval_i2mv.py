@@ -3,8 +3,11 @@
 on the model's background, white), generate at the object's own orbit cameras, and compare with
 the ground-truth renders by PSNR/SSIM/LPIPS (+ flow-warping RMSE of the generated frames).
 
-    python scripts/eval_i2mv.py --objects data/toy_world_64 --subset all every3 az45 --out runs/t2_aware
-    python scripts/eval_i2mv.py --objects data/gso_renders --split test --no-3d-aware --out runs/t2_base
+    python scripts/eval_i2mv.py --data-root data/toy_world_64 --subset all every3 az45 --out runs/t2_aware
+    python scripts/eval_i2mv.py --data-root data/gso_e5 --split test --no-3d-aware --out runs/t2_base
+
+The default toy root (data/toy_world_64) is built on first use. Real objects: render them first
+with tools/render_objects.py (e.g. Google Scanned Objects at elevation 5: --elevation-range 5 5).
 
 Subsets: all; every3 = frames 0,3,...,21 (SyncDreamer's 16-view ring); az45 = frames at azimuth
 multiples of 45 degrees (Zero123), found from the cameras. One generation is scored on every subset
@@ -19,12 +22,15 @@ from pathlib import Path
 
 from videomv.eval.cli import EMBEDDED, add_common_args, add_metric_args, check_common, command_line, load_model, load_suite
 from videomv.eval.subsets import SUBSETS
+from videomv.toy.cli import DEFAULT_ROOT as TOY_ROOT
+from videomv.toy.cli import prepare_data_root
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--objects", type=Path, required=True, help="G-Objaverse-layout root with <split>.txt")
-    p.add_argument("--split", default="test", help="object list <objects>/<split>.txt (default test)")
+    p.add_argument("--data-root", "--objects", dest="data_root", type=Path, default=TOY_ROOT,
+                   help="G-Objaverse-layout root with <split>.txt (default: the toy world, built on first use)")
+    p.add_argument("--split", default="test", help="object list <data-root>/<split>.txt (default test)")
     p.add_argument("--model", type=Path, default=EMBEDDED["image"], help="image VideoMV folder (default: data/embedded/i2mv)")
     p.add_argument("--subset", nargs="+", choices=SUBSETS, default=["all"], help="view subset(s) to score")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
@@ -33,8 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_metric_args(p)
     args = p.parse_args(argv)
     check_common(p, args, "eval_i2mv")
-    if not args.objects.is_dir():
-        p.error(f"--objects: {args.objects} is not a folder")
+    args.data_root = prepare_data_root(args.data_root)
+    if not args.data_root.is_dir():
+        p.error(f"--data-root: {args.data_root} is not a folder")
     args.subset = list(dict.fromkeys(args.subset))
     args.parser = p
     return args
@@ -49,7 +56,7 @@ def main(argv=None) -> int:
     p = args.parser
     model = load_model(p, args.model, "image", args.device, not args.no_3d_aware)
     try:
-        references = ground_truth_view_sets(args.objects, args.split, model.settings.background,
+        references = ground_truth_view_sets(args.data_root, args.split, model.settings.background,
                                             resolution=model.settings.resolution, limit=args.limit)
     except ValueError as err:
         p.error(str(err))
@@ -57,7 +64,7 @@ def main(argv=None) -> int:
     steps = args.steps or model.settings.num_inference_steps
     tables = evaluate_i2mv(model, references, args.subset, suite, steps, args.seed, not args.no_3d_aware,
                            save_dir=args.out / "views")
-    settings = {"command": command_line("scripts/eval_i2mv.py", argv), "objects": str(args.objects),
+    settings = {"command": command_line("scripts/eval_i2mv.py", argv), "data_root": str(args.data_root),
                 "split": args.split, "model": str(args.model), "steps": steps, "seed": args.seed,
                 "three_d_aware": not args.no_3d_aware, "limit": args.limit, "condition": "view 0 on the model background",
                 "model_settings": vars(model.settings), "flow_method": suite.flow_method, "flow_cyclic": True}

@@ -2,10 +2,13 @@
 """Text -> multi-view consistency (paper Table 1): fit 3D Gaussians to views 0,2,4,... of each 24-view
 set, report PSNR/SSIM/LPIPS at views 1,3,5,..., CLIP score and flow-warping RMSE (f = 1, 6).
 
-    python scripts/eval_t2mv.py --prompts prompts.txt [--model DIR] --out runs/t1_aware
+    python scripts/eval_t2mv.py --limit 10 --out runs/t1_aware     # prompts: data/prompts/t3bench_prompt_single.txt
     python scripts/eval_t2mv.py --prompts prompts.txt --no-3d-aware --out runs/t1_base
     python scripts/eval_t2mv.py --views-dir runs/t1_aware/views --out runs/t1_again
-    python scripts/eval_t2mv.py --ground-truth data/toy_world_64 --out runs/t1_gt
+    python scripts/eval_t2mv.py --data-root data/toy_world_64 --out runs/t1_gt
+
+Without a source the 100 T3Bench single-object prompts shipped in data/prompts/ are generated. The
+default toy root (data/toy_world_64) is built on first use.
 
 Writes <out>/table1.md, table1.csv (one row per item and a mean row), table1_settings.json and, when
 generating, the view sets in <out>/views/<item>/ (readable again with --views-dir).
@@ -17,21 +20,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from videomv.eval.cli import EMBEDDED, add_common_args, add_metric_args, check_common, command_line, load_model, load_suite
+from videomv.eval.cli import EMBEDDED, REPO, add_common_args, add_metric_args, check_common, command_line, load_model, load_suite
+
+DEFAULT_PROMPTS = REPO / "data" / "prompts" / "t3bench_prompt_single.txt"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompts", type=Path, help="text file, one prompt per line: generate and evaluate")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompts", type=Path, help="text file, one prompt per line: generate and evaluate "
+                        "(default when no source is given: data/prompts/t3bench_prompt_single.txt)")
     source.add_argument("--views-dir", type=Path, help="evaluate existing view sets (subfolders with views/*.png + cameras.json)")
-    source.add_argument("--ground-truth", type=Path, metavar="TOYROOT",
+    source.add_argument("--data-root", "--ground-truth", dest="data_root", type=Path, metavar="ROOT",
                         help="evaluate the ground-truth renders of a G-Objaverse-layout split (upper bound)")
     p.add_argument("--model", type=Path, default=None, help="text VideoMV folder (default: data/embedded/t2mv)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     p.add_argument("--no-3d-aware", action="store_true", help="plain sampling (VideoMV base)")
-    p.add_argument("--split", default="test", help="split of --ground-truth (default test)")
-    p.add_argument("--background", default=None, help="background for --ground-truth renders: grey (default, as "
+    p.add_argument("--split", default="test", help="split of --data-root (default test)")
+    p.add_argument("--background", default=None, help="background for --data-root renders: grey (default, as "
                    "the text model), white, black or r,g,b")
     g = p.add_argument_group("Gaussian fitting")
     g.add_argument("--fit-iters", type=int, default=300)
@@ -44,9 +50,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_common(p, args, "eval_t2mv")
     if args.fit_iters < 0 or args.fit_gaussians < 1 or args.fit_resolution < 11 or args.fit_views_per_step < 1:
         p.error("--fit-iters must be >= 0, --fit-gaussians >= 1, --fit-resolution >= 11, --fit-views-per-step >= 1")
+    if args.prompts is None and args.views_dir is None and args.data_root is None:
+        args.prompts = DEFAULT_PROMPTS
     if args.prompts is not None and not args.prompts.is_file():
         p.error(f"--prompts: {args.prompts} is not a file")
-    for name in ("views_dir", "ground_truth"):
+    if args.data_root is not None:
+        from videomv.toy.cli import prepare_data_root
+
+        args.data_root = prepare_data_root(args.data_root)
+    for name in ("views_dir", "data_root"):
         path = getattr(args, name)
         if path is not None and not path.is_dir():
             p.error(f"--{name.replace('_', '-')}: {path} is not a folder")
@@ -83,8 +95,8 @@ def main(argv=None) -> int:
             settings.update(source="views", views_dir=str(args.views_dir))
         else:
             background = parse_background(args.background or "grey").tolist()
-            view_sets = ground_truth_view_sets(args.ground_truth, args.split, background, limit=args.limit)
-            settings.update(source="ground_truth", root=str(args.ground_truth), split=args.split, background=background)
+            view_sets = ground_truth_view_sets(args.data_root, args.split, background, limit=args.limit)
+            settings.update(source="ground_truth", root=str(args.data_root), split=args.split, background=background)
     except ValueError as err:
         p.error(str(err))
 

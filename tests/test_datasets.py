@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from videomv.data import GObjaverseDataset, ImageCaptionDataset, collate, parse_background, toyworld
-from videomv.data.toy_writer import build_dataset
+from videomv.data import GObjaverseDataset, ImageCaptionDataset, collate, parse_background
+from videomv.toy import world as toyworld
+from videomv.toy.writer import build_dataset
 from videomv.geometry import gobjaverse_json_to_c2w
 
 SEED = 3
@@ -36,6 +37,10 @@ def toy_copy(toy_root, tmp_path) -> Path:
     return Path(shutil.copytree(toy_root, tmp_path / "toy"))
 
 
+def _view_file(root, index, view, suffix=".png"):
+    return _view_dir(root, index, view) / f"{view:05d}{suffix}"
+
+
 def _view_dir(root, index, view):
     return root / f"0/toy_{index:06d}/campos_512_v4/{view:05d}"
 
@@ -55,12 +60,12 @@ def test_items_shapes_ranges_and_cameras(toy_root):
         assert item["fovy"] == pytest.approx(toyworld.FOVY)
         # cameras: as stored in the json files, and as the generator placed them
         for v in (0, 7, 23):
-            meta = json.loads((_view_dir(toy_root, i, v) / "00000.json").read_text())
+            meta = json.loads(_view_file(toy_root, i, v, ".json").read_text())
             torch.testing.assert_close(item["cameras"][v], gobjaverse_json_to_c2w(meta))
         obj = toyworld.sample_object(SEED, i)
         torch.testing.assert_close(item["cameras"], toyworld.orbit_for(obj)[0], atol=1e-5, rtol=0)
         # pixels: the stored png, composited on grey
-        png = np.asarray(Image.open(_view_dir(toy_root, i, 5) / "00000.png"), dtype=np.float32) / 255
+        png = np.asarray(Image.open(_view_file(toy_root, i, 5)), dtype=np.float32) / 255
         rgb, alpha = torch.from_numpy(png[..., :3]).permute(2, 0, 1), torch.from_numpy(png[..., 3:]).permute(2, 0, 1)
         expected = rgb * alpha + (128 / 255) * (1 - alpha)
         torch.testing.assert_close(item["images"][5], expected * 2 - 1, atol=1e-6, rtol=0)
@@ -85,7 +90,7 @@ def test_background_exactly_where_alpha_is_zero(toy_root, background, resolution
 def test_resize_is_antialiased(toy_root):
     """Downsampling matches PIL's antialiased bilinear resize (an independent implementation)."""
     half = GObjaverseDataset(toy_root, resolution=12, view_indices=[0])[0]
-    png = Image.open(_view_dir(toy_root, 0, 0) / "00000.png")
+    png = Image.open(_view_file(toy_root, 0, 0))
     alpha = np.asarray(png.getchannel("A").convert("F").resize((12, 12), Image.BILINEAR)) / 255
     torch.testing.assert_close(half["alphas"][0, 0], torch.from_numpy(alpha).float(), atol=1e-4, rtol=0)
     # the coverage is preserved (no aliasing): the mean alpha barely changes
@@ -137,38 +142,111 @@ def test_bad_arguments(toy_root, tmp_path):
 
 
 def test_corrupt_and_missing_files_are_skipped_and_counted(toy_copy, caplog):
-    (_view_dir(toy_copy, 1, 3) / "00000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    (_view_dir(toy_copy, 2, 5) / "00000.json").unlink()
+    _view_file(toy_copy, 1, 3).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    _view_file(toy_copy, 2, 5, ".json").unlink()
     ds = GObjaverseDataset(toy_copy, resolution=16, view_indices=[0, 3, 5])
     with caplog.at_level(logging.WARNING, logger="videomv.data"):
         items = [ds[i] for i in range(len(ds))]
-    assert [it["object_id"] for it in items] == ["0/toy_000000", "0/toy_000003", "0/toy_000003", "0/toy_000003"]
-    assert ds.num_skipped == 2 and ds.skipped == ["0/toy_000001", "0/toy_000002"]
+    ids = [it["object_id"] for it in items]
+    assert ids[0] == "0/toy_000000" and ids[3] == "0/toy_000003"
+    assert set(ids[1:3]) <= {"0/toy_000000", "0/toy_000003"}
+    assert ds.num_skipped == 2 and sorted(ds.skipped) == ["0/toy_000001", "0/toy_000002"]
+    assert "00003.png" in ds.skipped["0/toy_000001"] and "00005.json" in ds.skipped["0/toy_000002"]
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("0/toy_000001" in m and "00000.png" in m for m in messages)
-    assert any("0/toy_000002" in m and "00000.json" in m for m in messages)
-    # a known bad item is not retried nor counted twice
-    ds[1]
+    assert any("0/toy_000001" in m and "00003.png" in m for m in messages)
+    assert any("0/toy_000002" in m and "00005.json" in m for m in messages)
+    # a known bad item is not retried nor counted twice, and the same index gives the same item
+    assert ds[1]["object_id"] == ids[1] and ds[2]["object_id"] == ids[2]
     assert ds.num_skipped == 2
     # views that are not requested do not matter; a missing view folder does
     shutil.rmtree(_view_dir(toy_copy, 3, 23))
     ds = GObjaverseDataset(toy_copy, resolution=16, view_indices=[0])
-    assert ds[3]["object_id"] == "0/toy_000000" and ds.skipped == ["0/toy_000003"]
+    assert ds[3]["object_id"] != "0/toy_000003" and list(ds.skipped) == ["0/toy_000003"]
+
+
+def test_replacements_of_bad_items_spread_over_the_dataset(tmp_path, caplog):
+    """Replacements are drawn, not the next item: with every other item bad, no good item stands in
+    for more than a few bad ones (the next-item rule gave each good item exactly one extra)."""
+    from videomv.data.common import ItemError, SkippingDataset
+
+    class Half(SkippingDataset):
+        def __len__(self):
+            return 200
+
+        def item_id(self, index):
+            return f"item{index}"
+
+        def load(self, index):
+            if index < 100:  # a bad run of 100 consecutive items
+                raise ItemError("bad")
+            return {"index": index}
+
+    ds = Half(seed=1)
+    with caplog.at_level(logging.ERROR, logger="videomv.data"):
+        served = [ds[i]["index"] for i in range(200)]
+    counts = np.bincount(served, minlength=200)
+    assert counts[:100].sum() == 0 and counts[100:].sum() == 200
+    assert counts.max() <= 8, counts.max()  # the next-item rule gave item 100 a count of 101
+    assert served == [Half(seed=1)[i]["index"] for i in range(200)]  # reproducible from the seed
+    assert served != [Half(seed=2)[i]["index"] for i in range(200)]
+    assert len(ds.skipped) == 100 and ds.skipped["item7"] == "bad"
 
 
 def test_bad_camera_json_is_skipped(toy_copy, caplog):
-    (_view_dir(toy_copy, 0, 0) / "00000.json").write_text('{"x": [1, 0]}')
-    (_view_dir(toy_copy, 1, 0) / "00000.json").write_text("not json")
+    _view_file(toy_copy, 0, 0, ".json").write_text('{"x": [1, 0]}')
+    _view_file(toy_copy, 1, 0, ".json").write_text("not json")
     ds = GObjaverseDataset(toy_copy, resolution=8, view_indices=[0])
     with caplog.at_level(logging.WARNING, logger="videomv.data"):
-        assert ds[0]["object_id"] == "0/toy_000002"
-    assert ds.skipped == ["0/toy_000000", "0/toy_000001"]
+        assert ds[0]["object_id"] in ("0/toy_000002", "0/toy_000003")
+        ds[1]
+    assert sorted(ds.skipped) == ["0/toy_000000", "0/toy_000001"]
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+def test_non_finite_camera_is_skipped_naming_the_object(toy_copy, caplog):
+    meta = json.loads(_view_file(toy_copy, 1, 4, ".json").read_text())
+    meta["origin"][1] = float("nan")
+    _view_file(toy_copy, 1, 4, ".json").write_text(json.dumps(meta))  # json writes NaN, json.loads reads it
+    meta = json.loads(_view_file(toy_copy, 2, 0, ".json").read_text())
+    meta["y_fov"] = float("inf")
+    _view_file(toy_copy, 2, 0, ".json").write_text(json.dumps(meta))
+    ds = GObjaverseDataset(toy_copy, resolution=8, view_indices=[0, 4])
+    with caplog.at_level(logging.WARNING, logger="videomv.data"):
+        assert ds[1]["object_id"] != "0/toy_000001" and ds[2]["object_id"] != "0/toy_000002"
+    assert sorted(ds.skipped) == ["0/toy_000001", "0/toy_000002"]
+    assert "00004.json" in ds.skipped["0/toy_000001"] and "non-finite" in ds.skipped["0/toy_000001"]
+    assert "non-finite" in ds.skipped["0/toy_000002"]
+
+
+def test_rgb_without_alpha_and_non_square_views_are_skipped(toy_copy, caplog):
+    png = _view_file(toy_copy, 0, 2)
+    Image.open(png).convert("RGB").save(png)  # the object composited on black, as a bad export gives
+    png = _view_file(toy_copy, 3, 2)
+    Image.open(png).crop((0, 0, 32, 24)).save(png)  # 32 x 24
+    ds = GObjaverseDataset(toy_copy, resolution=16, view_indices=[0, 2])
+    with caplog.at_level(logging.WARNING, logger="videomv.data"):
+        assert all(ds[i]["object_id"] in ("0/toy_000001", "0/toy_000002") for i in range(4))
+    assert "no alpha channel" in ds.skipped["0/toy_000000"] and "00002.png" in ds.skipped["0/toy_000000"]
+    assert "32x24" in ds.skipped["0/toy_000003"] and "square" in ds.skipped["0/toy_000003"]
+
+
+def test_missing_captions_are_listed_per_object_or_skipped(toy_root, caplog):
+    captions = {"0/toy_000000": "a", "toy_000002": "bare id, as Cap3D keys objects"}
+    with caplog.at_level(logging.WARNING, logger="videomv.data"):
+        ds = GObjaverseDataset(toy_root, resolution=8, view_indices=[0], captions=captions)
+    assert ds.missing_captions == ["0/toy_000001", "0/toy_000003"]
+    warning = [r.getMessage() for r in caplog.records if "no caption" in r.getMessage()][0]
+    assert "2 of 4" in warning and "0/toy_000001" in warning and "0/toy_000003" in warning
+    assert ds[2]["caption"] == "bare id, as Cap3D keys objects" and ds[1]["caption"] == ""
+    strict = GObjaverseDataset(toy_root, resolution=8, view_indices=[0], captions=captions, require_captions=True)
+    with caplog.at_level(logging.ERROR, logger="videomv.data"):
+        assert {strict[i]["object_id"] for i in range(4)} <= {"0/toy_000000", "0/toy_000002"}
+    assert strict.skipped == {"0/toy_000001": "no caption", "0/toy_000003": "no caption"}
 
 
 def test_all_bad_raises(toy_copy, caplog):
     for i in range(NUM_OBJECTS):
-        (_view_dir(toy_copy, i, 0) / "00000.png").write_bytes(b"garbage")
+        _view_file(toy_copy, i, 0).write_bytes(b"garbage")
     ds = GObjaverseDataset(toy_copy, resolution=8, view_indices=[0])
     with caplog.at_level(logging.WARNING, logger="videomv.data"), pytest.raises(RuntimeError, match="none of its 4 items"):
         ds[2]
@@ -178,7 +256,9 @@ def test_all_bad_raises(toy_copy, caplog):
 def test_random_elevation_subset(toy_copy):
     # give object 0 a second 24-view orbit (views 24..47) made from object 1's views
     for v in range(24):
-        shutil.copytree(_view_dir(toy_copy, 1, v), _view_dir(toy_copy, 0, 24 + v))
+        _view_dir(toy_copy, 0, 24 + v).mkdir()
+        for suffix in (".png", ".json"):
+            shutil.copy(_view_file(toy_copy, 1, v, suffix), _view_file(toy_copy, 0, 24 + v, suffix))
     fixed = GObjaverseDataset(toy_copy, resolution=8, view_indices=[0, 12])
     assert all(fixed[0]["views"].tolist() == [0, 12] for _ in range(5))
     rand = GObjaverseDataset(toy_copy, resolution=8, view_indices=[0, 12], random_elevation_subset=True)
@@ -238,9 +318,55 @@ def test_image_folder_skips_bad_images_and_rejects_empty(tmp_path, caplog):
     (root / "broken.png").write_bytes(b"nope")
     ds = ImageCaptionDataset(root, resolution=8)
     with caplog.at_level(logging.WARNING, logger="videomv.data"):
-        assert ds[0]["object_id"] == "tall.jpg"  # broken.png sorts first
-    assert ds.skipped == ["broken.png"]
+        assert ds[0]["object_id"] in ("tall.jpg", "wide.png")  # broken.png sorts first
+    assert list(ds.skipped) == ["broken.png"]
     assert any("broken.png" in r.getMessage() for r in caplog.records)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         ImageCaptionDataset(tmp_path / "empty")
+
+
+def _published_tree(root: Path, naming: str = "published") -> list[str]:
+    """Two objects with 3 views each, written by hand in the G-Objaverse naming (or the older one)."""
+    from videomv.geometry import c2w_to_gobjaverse_json, orbit_camera
+
+    ids = ["0/aaa111", "7/bbb222"]
+    for k, object_id in enumerate(ids):
+        for v in range(3):
+            name = f"{v:05d}" if naming == "published" else "00000"
+            folder = root / object_id / "campos_512_v4" / f"{v:05d}"
+            folder.mkdir(parents=True)
+            rgba = np.zeros((12, 12, 4), np.uint8)
+            rgba[3:9, 2 + v : 8 + v] = (200, 10 * k, 30, 255)
+            Image.fromarray(rgba, "RGBA").save(folder / f"{name}.png")
+            meta = c2w_to_gobjaverse_json(orbit_camera(20.0, 120.0 * v, 1.5), 39.6)
+            (folder / f"{name}.json").write_text(json.dumps(meta))
+    return ids
+
+
+def test_published_layout_with_release_object_list_and_cap3d_captions(tmp_path):
+    from videomv.geometry import orbit_camera
+
+    ids = _published_tree(tmp_path / "gobj")
+    (tmp_path / "gobjaverse_280k.json").write_text(json.dumps(ids[::-1]))
+    (tmp_path / "text_captions_cap3d.json").write_text(json.dumps({"aaa111": "a red box", "bbb222": "a pink box"}))
+    ds = GObjaverseDataset(tmp_path / "gobj", objects=tmp_path / "gobjaverse_280k.json", num_views=3, resolution=12,
+                           captions=tmp_path / "text_captions_cap3d.json", caption_suffix=", 3d asset")
+    assert ds.objects == ids[::-1] and ds.missing_captions == []
+    item = ds[1]
+    assert item["object_id"] == "0/aaa111" and item["caption"] == "a red box, 3d asset"
+    assert item["images"].shape == (3, 3, 12, 12) and item["fovy"] == pytest.approx(39.6)
+    torch.testing.assert_close(item["cameras"][2], orbit_camera(20.0, 240.0, 1.5), atol=1e-5, rtol=0)
+    assert item["alphas"][1, 0, 3:9, 3:9].min() == 1 and item["alphas"][1, 0, :, :3].max() == 0  # view 1 shifted by 1
+    assert ds.num_skipped == 0
+    (tmp_path / "bad_list.json").write_text(json.dumps({"0/aaa111": 1}))
+    with pytest.raises(ValueError, match="JSON list of '<dir_id>/<obj_id>' strings"):
+        GObjaverseDataset(tmp_path / "gobj", objects=tmp_path / "bad_list.json", num_views=3)
+
+
+def test_older_view_naming_is_refused_saying_what_is_expected(tmp_path):
+    from videomv.data.gobjaverse import LayoutError
+
+    _published_tree(tmp_path / "old", naming="old")
+    with pytest.raises(LayoutError, match=r"00001/00000.png.*00001/00001.png and 00001.json"):
+        GObjaverseDataset(tmp_path / "old", num_views=3, resolution=12)

@@ -18,9 +18,10 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from tiny_videomv import tiny_image_videomv, tiny_text_videomv
-from videomv.data import toyworld
-from videomv.data.toy_writer import write_object
-from videomv.eval.geometry_eval import geometry_metrics, hull_mesh, silhouettes_from_background, toy_reference_mesh
+from videomv.toy import world as toyworld
+from videomv.toy.writer import write_object
+from videomv.eval.geometry_eval import geometry_metrics, hull_mesh, silhouettes_from_background
+from videomv.toy.references import toy_reference_mesh
 from videomv.eval.i2mv import TABLE2_COLUMNS, compare_views, evaluate_i2mv
 from videomv.eval.nvs import TABLE1_COLUMNS, FitSettings, nvs_consistency, train_test_split
 from videomv.eval.report import UNAVAILABLE, mean_row, read_csv, write_table
@@ -259,9 +260,10 @@ def test_geometry_script_on_a_toy_sphere_object(tmp_path):
     key, caption = write_object(root, 0, index, resolution=32)
     (root / "test.txt").write_text(key + "\n")
     (root / "captions.json").write_text(json.dumps({key: caption}))
-    (root / "toyworld.json").write_text(json.dumps({"generator": "videomv.data.toyworld", "seed": 0}))
+    (root / "toyworld.json").write_text(json.dumps({"generator": "videomv.toy.world", "seed": 0, "resolution": 32,
+                                                  "layout": "<dir_id>/<obj_id>/campos_512_v4/<view:05d>/<view:05d>.png"}))
     out = tmp_path / "t3"
-    assert load_script("eval_geometry.py").main(["--objects", str(root), "--grid", "48", "--reference-resolution",
+    assert load_script("eval_geometry.py").main(["--data-root", str(root), "--grid", "48", "--reference-resolution",
                                                  "64", "--out", str(out)]) == 0
     rows = read_csv(out / "table3.csv")
     assert [r["item"] for r in rows] == [key, "mean"]
@@ -284,7 +286,7 @@ def tiny_text_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory):
-    from videomv.data.toy_writer import build_dataset
+    from videomv.toy.writer import build_dataset
 
     root = tmp_path_factory.mktemp("toy_world")
     build_dataset(root, num_objects=6, resolution=32, seed=0, split=(0.5, 0.0, 0.5), workers=1, progress=False)
@@ -321,15 +323,15 @@ def test_eval_t2mv_generates_scores_and_rereads_view_sets(tiny_text_dir, tmp_pat
 def test_eval_t2mv_ground_truth_mode_and_bad_input(toy_root, tmp_path, capsys):
     script = load_script("eval_t2mv.py")
     out = tmp_path / "gt"
-    assert script.main(["--ground-truth", str(toy_root), "--limit", "1", "--fit-iters", "2", "--fit-gaussians", "50",
+    assert script.main(["--data-root", str(toy_root), "--limit", "1", "--fit-iters", "2", "--fit-gaussians", "50",
                         "--fit-resolution", "16", "--out", str(out)]) == 0
     rows = read_csv(out / "table1.csv")
     first = (toy_root / "test.txt").read_text().split()[0]
     assert rows[0]["item"] == first and rows[0]["prompt"] == json.loads((toy_root / "captions.json").read_text())[first]
     for args, message in ((["--prompts", str(tmp_path / "missing.txt")], "is not a file"),
-                          (["--ground-truth", str(toy_root), "--limit", "0"], "--limit"),
-                          (["--ground-truth", str(toy_root), "--out", str(out)], "not an empty folder"),
-                          (["--ground-truth", str(toy_root), "--split", "nosuch", "--out", str(tmp_path / "x")], "nosuch.txt")):
+                          (["--data-root", str(toy_root), "--limit", "0"], "--limit"),
+                          (["--data-root", str(toy_root), "--out", str(out)], "not an empty folder"),
+                          (["--data-root", str(toy_root), "--split", "nosuch", "--out", str(tmp_path / "x")], "nosuch.txt")):
         with pytest.raises(SystemExit) as exc:
             script.main(args)
         assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -339,7 +341,7 @@ def test_eval_i2mv_script_with_a_tiny_image_model(toy_root, tmp_path):
     model_dir = tmp_path / "tiny_i2mv"
     tiny_image_videomv().save_pretrained(model_dir)
     out = tmp_path / "t2"
-    assert load_script("eval_i2mv.py").main(["--objects", str(toy_root), "--model", str(model_dir), "--limit", "1",
+    assert load_script("eval_i2mv.py").main(["--data-root", str(toy_root), "--model", str(model_dir), "--limit", "1",
                                              "--steps", "2", "--no-3d-aware", "--subset", "every3", "az45",
                                              "--out", str(out)]) == 0
     for subset in ("every3", "az45"):
@@ -361,7 +363,7 @@ def test_results_tables_tool_end_to_end(toy_root, tmp_path):
     results, runs = tmp_path / "results.md", tmp_path / "runs"
     tool = load_script("make_results_tables.py", folder="tools")
     results.write_text(f"# Kept above\n\n{tool.BEGIN}\nold tables\n{tool.END}\n\nKept below\n")
-    assert tool.main(["--toy-root", str(toy_root), "--t2mv", str(t2mv), "--i2mv", str(i2mv), "--out", str(runs),
+    assert tool.main(["--data-root", str(toy_root), "--t2mv", str(t2mv), "--i2mv", str(i2mv), "--out", str(runs),
                       "--results", str(results), "--limit", "1", "--steps", "2", "--fit-iters", "2",
                       "--fit-gaussians", "50", "--fit-resolution", "16", "--jobs", "2", "--threads", "1"]) == 0
     page = results.read_text()
@@ -379,3 +381,13 @@ def test_results_tables_tool_end_to_end(toy_root, tmp_path):
     assert f"| {aware_az45['psnr']:.4f} |" in tables[-1]
     commands = [line for line in page.splitlines() if line.startswith("python scripts/")]
     assert len(commands) == 5 and sum("--no-3d-aware" in c for c in commands) == 2
+
+
+def test_eval_t2mv_defaults_to_the_shipped_t3bench_prompts(tmp_path):
+    script = load_script("eval_t2mv.py")
+    args = script.parse_args(["--out", str(tmp_path / "o")])
+    assert args.prompts == REPO / "data" / "prompts" / "t3bench_prompt_single.txt" and args.prompts.is_file()
+    from videomv.eval.generation import read_prompts
+
+    prompts = read_prompts(args.prompts)
+    assert len(prompts) == 100 and prompts[0] == "A cactus with pink flowers"

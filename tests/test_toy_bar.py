@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from videomv.data import toyworld
-from videomv.data.toy_writer import build_dataset
-from videomv.eval.geometry_eval import toy_object_for
-from videomv.eval.toy_bar import composite, image_bar_psnr, neighbour_difference, text_bar_row
+from videomv.toy import world as toyworld
+from videomv.toy.writer import build_dataset
+from videomv.toy.references import toy_object_for
+from videomv.toy.bar import composite, image_bar_psnr, neighbour_difference, text_bar_row
 
 RES = 24
 GREY = (0.5, 0.5, 0.5)
@@ -63,7 +63,7 @@ def test_neighbour_difference_closed_form():
 
 
 def test_gap_closed_closed_form():
-    from videomv.eval.toy_bar import gap_closed
+    from videomv.toy.bar import gap_closed
 
     assert gap_closed(18.0, 16.0, 20.0) == pytest.approx(0.5)
     assert gap_closed(16.0, 16.0, 20.0) == 0.0
@@ -86,7 +86,7 @@ class ProbePipeline:
 
 
 def test_first_step_probe_returns_the_conditional_estimate_of_the_first_step(toy_root):
-    from videomv.eval.toy_bar import first_step_views
+    from videomv.toy.bar import first_step_views
 
     oid = first_object(toy_root)
     model = StandIn(toy_root, oid, "truth", task="image")
@@ -107,7 +107,7 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
     from diffusers import DDIMScheduler
     from tiny_videomv import tiny_image_videomv, tiny_text_videomv
 
-    from videomv.eval.toy_bar import object_views, prompt_losses
+    from videomv.toy.bar import object_views, prompt_losses
 
     model = tiny_text_videomv(with_reconstructor=False)
     pipe = model.pipeline
@@ -143,14 +143,14 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
 def test_toy_objects_reads_the_split_and_rejects_bad_arguments(toy_root, tmp_path, capsys):
     import argparse
 
-    from videomv.eval.cli import add_toy_objects_args, toy_objects
+    from videomv.toy.cli import add_toy_objects_args, toy_objects
 
     p = argparse.ArgumentParser(prog="tool")
     add_toy_objects_args(p, split="train", limit=1)
-    args = p.parse_args(["--root", str(toy_root)])
+    args = p.parse_args(["--data-root", str(toy_root)])
     assert toy_objects(p, args) == (toy_root / "train.txt").read_text().split()[:1]
-    for argv, message in ((["--root", str(tmp_path)], "make_toy_dataset.py"),
-                          (["--root", str(toy_root), "--limit", "0"], "--limit must be >= 1")):
+    for argv, message in ((["--data-root", str(tmp_path)], "make_toy_dataset.py"),
+                          (["--data-root", str(toy_root), "--limit", "0"], "--limit must be >= 1")):
         with pytest.raises(SystemExit) as e:
             toy_objects(p, p.parse_args(argv))
         assert e.value.code == 2 and message in capsys.readouterr().err

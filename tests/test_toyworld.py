@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from videomv.data import toyworld
-from videomv.data.toy_writer import build_dataset, object_key, split_indices
+from videomv.toy import world as toyworld
+from videomv.toy.writer import build_dataset, object_key, split_indices
 from videomv.geometry import focal_from_fov, gobjaverse_json_to_c2w, orbit_camera
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,17 +257,17 @@ def test_writer_layout_and_determinism(tmp_path):
         c2w, _, _ = toyworld.orbit_for(obj)
         for v in (0, 5, 23):
             view_dir = obj_dir / "campos_512_v4" / views[v]
-            assert sorted(p.name for p in view_dir.iterdir()) == ["00000.json", "00000.png"]
-            img = Image.open(view_dir / "00000.png")
+            assert sorted(p.name for p in view_dir.iterdir()) == [f"{v:05d}.json", f"{v:05d}.png"]
+            img = Image.open(view_dir / f"{v:05d}.png")
             assert img.mode == "RGBA" and img.size == (16, 16)
-            meta = json.loads((view_dir / "00000.json").read_text())
+            meta = json.loads((view_dir / f"{v:05d}.json").read_text())
             torch.testing.assert_close(gobjaverse_json_to_c2w(meta), c2w[v], atol=1e-5, rtol=0)
             assert math.degrees(meta["y_fov"]) == pytest.approx(toyworld.FOVY)
             assert meta["azimuth"] == pytest.approx(15.0 * v) and meta["elevation"] == pytest.approx(obj.elevation)
     # the stored pixels are the renderer's output, quantised
     obj = toyworld.sample_object(7, 2)
     ref = toyworld.to_uint8(toyworld.render_object(obj, toyworld.orbit_for(obj)[0][[4]], 16))[0]
-    assert np.array_equal(a["0/toy_000002/campos_512_v4/00004/00000.png"], ref)
+    assert np.array_equal(a["0/toy_000002/campos_512_v4/00004/00004.png"], ref)
 
     splits = {n: (root / f"{n}.txt").read_text().splitlines() for n in ("train", "val", "test")}
     assert sorted(sum(splits.values(), [])) == keys
@@ -314,3 +314,37 @@ def test_cli_help_and_bad_arguments(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     cli.main(["--out", str(tmp_path / "y"), "--num-objects", "1", "--resolution", "8", "--num-views", "2", "--workers", "1"])
     assert len(list((tmp_path / "y").rglob("*.png"))) == 2
+
+
+def test_ensure_toy_dataset_builds_once_and_renames_the_older_naming(tmp_path):
+    from videomv.data import GObjaverseDataset
+    from videomv.data.gobjaverse import LayoutError
+    from videomv.toy import ensure_toy_dataset
+
+    cfg = {"num_objects": 2, "resolution": 8, "seed": 1, "split": [0.5, 0.0, 0.5], "workers": 1}
+    root = ensure_toy_dataset(tmp_path / "w", cfg)
+    expected = GObjaverseDataset(root, resolution=8)[1]["images"]
+    with pytest.raises(ValueError, match="rendered at 8 px"):
+        ensure_toy_dataset(root, {**cfg, "resolution": 16})
+    # turn it into a folder of the older naming, as earlier builds wrote it
+    for png in root.glob("*/*/campos_512_v4/*/*.png"):
+        for suffix in (".png", ".json"):
+            png.with_suffix(suffix).rename(png.parent / f"00000{suffix}")
+    settings = json.loads((root / "toyworld.json").read_text())
+    (root / "toyworld.json").write_text(json.dumps({**settings, "layout": "old"}))
+    with pytest.raises(LayoutError):
+        GObjaverseDataset(root, resolution=8)
+    ensure_toy_dataset(root, cfg)
+    assert torch.equal(GObjaverseDataset(root, resolution=8)[1]["images"], expected)
+
+
+def test_eval_scripts_build_the_default_toy_root_on_first_use(tmp_path, monkeypatch):
+    from videomv.toy import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_ROOT", tmp_path / "toy_world_64")
+    monkeypatch.setattr(cli, "DEFAULT_TOY", {"num_objects": 3, "resolution": 8, "seed": 0, "workers": 1})
+    root = cli.prepare_data_root(tmp_path / "toy_world_64")
+    assert (root / "test.txt").is_file() and json.loads((root / "toyworld.json").read_text())["num_objects"] == 3
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert cli.prepare_data_root(other) == other and not (other / "toyworld.json").exists()  # not built

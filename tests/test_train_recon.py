@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from tiny_videomv import tiny_text_videomv
 from videomv.recon import Reconstructor
 from videomv.train.config import load_config
-from videomv.train.datasets import ensure_toy_dataset
+from videomv.toy import ensure_toy_dataset
 from videomv.train.engine import train
 from videomv.train.recon import ReconstructorTask, choose_views
 

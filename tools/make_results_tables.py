@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the toy-world evaluations and write their tables into docs/results.md.
 
-    python tools/make_results_tables.py --toy-root data/toy_world_64 --limit 16 --jobs 2
+    python tools/make_results_tables.py --data-root data/toy_world_64 --limit 16 --jobs 2
 
 Table 1 (text -> views, consistency): ground-truth renders of the test split (upper bound),
 VideoMV (base) = plain sampling, VideoMV = 3D-aware sampling, prompted with the test objects'
@@ -35,7 +35,8 @@ BEGIN, END = "<!-- results tables: begin -->", "<!-- results tables: end -->"  #
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--toy-root", type=Path, default=Path("data/toy_world_64"))
+    p.add_argument("--data-root", "--toy-root", dest="toy_root", type=Path, default=Path("data/toy_world_64"),
+                   help="toy dataset folder")
     p.add_argument("--split", default="test")
     p.add_argument("--t2mv", type=Path, default=Path("data/embedded/t2mv"), help="text VideoMV folder")
     p.add_argument("--i2mv", type=Path, default=Path("data/embedded/i2mv"), help="image VideoMV folder")
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if not (args.toy_root / f"{args.split}.txt").is_file():
-        p.error(f"--toy-root: {args.toy_root / (args.split + '.txt')} does not exist (build the toy world first)")
+        p.error(f"--data-root: {args.toy_root / (args.split + '.txt')} does not exist (build the toy world first)")
     for name in ("t2mv",) + (() if args.skip_i2mv else ("i2mv",)):
         if not (getattr(args, name) / "videomv.json").is_file():
             p.error(f"--{name}: {getattr(args, name)} is not a VideoMV folder (videomv.json missing)")
@@ -89,7 +90,7 @@ def plan_runs(args) -> list[dict]:
     prompts = out / "prompts.txt"
     runs = [
         dict(key="t1_gt", label="Ground-truth renders (upper bound)", script="eval_t2mv.py",
-             argv=["--ground-truth", str(args.toy_root), "--split", args.split, *common, *fit, "--out", str(out / "t1_gt")]),
+             argv=["--data-root", str(args.toy_root), "--split", args.split, *common, *fit, "--out", str(out / "t1_gt")]),
         dict(key="t1_base", label="VideoMV (base)", script="eval_t2mv.py",
              argv=["--prompts", str(prompts), "--model", str(args.t2mv), "--no-3d-aware", *steps, *common, *fit,
                    "--out", str(out / "t1_base")]),
@@ -98,7 +99,7 @@ def plan_runs(args) -> list[dict]:
                    "--out", str(out / "t1_aware")]),
     ]
     if not args.skip_i2mv:
-        i2mv = ["--objects", str(args.toy_root), "--split", args.split, "--model", str(args.i2mv), "--subset", *SUBSETS]
+        i2mv = ["--data-root", str(args.toy_root), "--split", args.split, "--model", str(args.i2mv), "--subset", *SUBSETS]
         runs += [
             dict(key="t2_base", label="VideoMV (base)", script="eval_i2mv.py",
                  argv=[*i2mv, "--no-3d-aware", *steps, *common, "--out", str(out / "t2_base")]),

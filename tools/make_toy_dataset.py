@@ -5,7 +5,7 @@
 
 import argparse
 
-from videomv.data.toy_writer import build_dataset
+from videomv.toy.writer import build_dataset
 
 
 def _int_at_least(minimum: int):

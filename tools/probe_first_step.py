@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How well the image model keeps its input image at the noisiest step: PSNR of the conditional
 x0 estimate of the first DDIM step (decoded) against ground truth, for the input view itself and
-for all views, with few and with all 24 frames (see `videomv/eval/toy_bar.py:first_step_views`).
+for all views, with few and with all 24 frames (see `videomv/toy/bar.py:first_step_views`).
 
     python tools/probe_first_step.py --limit 4 --frames 8 24
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from videomv.eval.toy_bar import first_step_views, mean_psnr
-from videomv.eval.cli import add_toy_objects_args, toy_objects
+from videomv.toy.bar import first_step_views, mean_psnr
+from videomv.toy.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     means = {f: ([], []) for f in args.frames}
     for o in tqdm(objects, desc="objects"):
         for f in args.frames:
-            x0, truth = first_step_views(model, args.root, o, f, args.seed)
+            x0, truth = first_step_views(model, args.data_root, o, f, args.seed)
             first, every = mean_psnr(x0[:1], truth[:1]), mean_psnr(x0, truth)
             means[f][0].append(first)
             means[f][1].append(every)

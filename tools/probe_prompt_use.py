@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the text model use its prompt? Its training loss on toy objects at fixed timesteps, with
 each object's own caption, another object's caption, and the empty prompt
-(see `videomv/eval/toy_bar.py:prompt_losses`).
+(see `videomv/toy/bar.py:prompt_losses`).
 
     python tools/probe_prompt_use.py --split train --limit 16 --timesteps 50 400 800 999
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from videomv.eval.toy_bar import prompt_losses
-from videomv.eval.cli import add_toy_objects_args, toy_objects
+from videomv.toy.bar import prompt_losses
+from videomv.toy.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     bad = [t for t in args.timesteps if not 0 <= t <= last]
     if bad:
         p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
-    rows = prompt_losses(model, args.root, objects, args.timesteps, args.seed)
+    rows = prompt_losses(model, args.data_root, objects, args.timesteps, args.seed)
     print(f"training loss of {args.model} on {len(objects)} {args.split} objects")
     print("| t | own caption | another caption | empty prompt |")
     print("|---|---|---|---|")

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Check the embedded toy models against their bar on unseen toy test objects (see
-`videomv/eval/toy_bar.py`): text -> views close >= half the floor-ceiling PSNR gap with neighbouring
+`videomv/toy/bar.py`): text -> views close >= half the floor-ceiling PSNR gap with neighbouring
 views no more than 2x as different as ground truth's; image -> views >= 20 dB.
 
-    python tools/toy_model_bar.py --root data/toy_world_64 --limit 16
+    python tools/toy_model_bar.py --data-root data/toy_world_64 --limit 16
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from videomv.eval.toy_bar import gap_closed, image_bar_psnr, text_bar_row
-from videomv.eval.cli import add_toy_objects_args, toy_objects
+from videomv.toy.bar import gap_closed, image_bar_psnr, text_bar_row
+from videomv.toy.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
 
     if (args.text_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.text_model)
-        rows = [text_bar_row(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps,
+        rows = [text_bar_row(model, args.data_root, o, args.seed, three_d_aware=aware, steps=args.steps,
                              guidance_scale=args.guidance)
                 for o in tqdm(objects, desc="text -> views")]
         print("| object | caption | generated dB | floor dB | ceiling dB | gap closed | neighbour diff gen / truth |")
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
 
     if (args.image_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.image_model)
-        scores = [image_bar_psnr(model, args.root, o, args.seed, three_d_aware=aware, steps=args.steps,
+        scores = [image_bar_psnr(model, args.data_root, o, args.seed, three_d_aware=aware, steps=args.steps,
                                  guidance_scale=args.guidance)
                   for o in tqdm(objects, desc="image -> views")]
         print("\n| object | image -> views dB |")

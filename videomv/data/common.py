@@ -1,9 +1,11 @@
 """Shared pieces of the datasets: backgrounds, image loading and compositing, resizing, and a base
-class that replaces unreadable items by the next readable one (logged and counted)."""
+class that replaces unreadable items by a pseudo-randomly drawn readable one (logged and recorded
+with the reason)."""
 
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -35,9 +37,11 @@ def parse_background(background) -> torch.Tensor:
     return value
 
 
-def load_rgba(path) -> tuple[torch.Tensor, torch.Tensor]:
+def load_rgba(path, require_alpha: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """An image file -> rgb (3, H, W) and alpha (1, H, W), floats in [0, 1] (alpha 1 without an
-    alpha channel). Raises ItemError when the file is missing or unreadable."""
+    alpha channel). Raises ItemError when the file is missing or unreadable, or when
+    `require_alpha` and it has no alpha channel (an object composited on some background cannot be
+    put on the model's)."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -45,6 +49,8 @@ def load_rgba(path) -> tuple[torch.Tensor, torch.Tensor]:
             array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
     except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for missing/truncated files
         raise ItemError(f"cannot read image {path}: {err}") from None
+    if require_alpha and not has_alpha:
+        raise ItemError(f"image {path} has no alpha channel (mode {img.mode}); expected an RGBA render")
     tensor = torch.from_numpy(array).permute(2, 0, 1)
     if has_alpha:
         return tensor[:3].contiguous(), tensor[3:].contiguous()
@@ -75,13 +81,20 @@ def resize(image: torch.Tensor, size: int) -> torch.Tensor:
 
 class SkippingDataset(Dataset):
     """Base class: `load(index)` raises ItemError for a bad item; `__getitem__` then logs a warning,
-    records the item in `skipped` and returns the next readable item (wrapping around), so an
-    epoch never crashes on one bad file. If no item is readable it raises RuntimeError.
+    records it and returns a replacement: another item drawn pseudo-randomly from (seed, index,
+    attempt), so the replacements of bad items spread over the dataset instead of repeating a bad
+    item's neighbour, and the same index always gives the same item. An epoch never crashes on one
+    bad file; if no item is readable it raises RuntimeError.
 
-    The record is per process: with DataLoader workers each worker keeps its own."""
+    `skipped` maps the id of every item found bad to the reason (`item_id(index)` -> message), for
+    a summary at the end of a run; `num_skipped` is its size. The record is per process: with
+    DataLoader workers each worker keeps its own."""
 
-    def __init__(self):
-        self.skipped: list[str] = []
+    random_draws = 16  # then a scan from the last draw, so a mostly-bad dataset still terminates
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self.skipped: dict[str, str] = {}
         self._bad: set[int] = set()
 
     @property
@@ -94,20 +107,29 @@ class SkippingDataset(Dataset):
     def load(self, index: int) -> dict:
         raise NotImplementedError
 
+    def _candidates(self, index: int, n: int):
+        yield index
+        g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{index}".encode()))
+        draw = index
+        for _ in range(min(self.random_draws, n)):
+            draw = int(torch.randint(n, (), generator=g))
+            yield draw
+        for step in range(1, n + 1):
+            yield (draw + step) % n
+
     def __getitem__(self, index: int) -> dict:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} items")
         index %= n
-        for step in range(n):
-            current = (index + step) % n
+        for current in self._candidates(index, n):
             if current in self._bad:
                 continue
             try:
                 return self.load(current)
             except ItemError as err:
                 self._bad.add(current)
-                self.skipped.append(self.item_id(current))
+                self.skipped[self.item_id(current)] = str(err)
                 logger.warning("skipping %s (%s); %d item(s) skipped so far", self.item_id(current), err, len(self.skipped))
         raise RuntimeError(f"{type(self).__name__}: none of its {n} items could be read (see the warnings above)")
 

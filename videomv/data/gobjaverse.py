@@ -1,6 +1,16 @@
-"""Multi-view orbit renders in the G-Objaverse layout (the real data set and the toy world):
+"""Multi-view orbit renders in the G-Objaverse layout, as published (the real data set, renders of
+any mesh by tools/render_objects.py, and the toy world):
 
-    <root>/<dir_id>/<obj_id>/campos_512_v4/<view:05d>/{00000.png (RGBA), 00000.json}
+    <root>/<dir_id>/<obj_id>/campos_512_v4/<view:05d>/<view:05d>.png (RGBA) and <view:05d>.json
+
+Each view folder holds files named after the view: view 5 is `00005/00005.png`. A folder in the
+older naming (`00005/00000.png`) is refused with a message saying what is expected.
+
+Bad data is skipped with the object named and the reason recorded (`SkippingDataset.skipped`): a
+view without an alpha channel, a non-square view, views of different sizes, an unreadable file, a
+camera json without the camera keys or with non-finite values. Objects without a caption are
+listed in `missing_captions` (logged at construction); with `require_captions=True` they are
+skipped instead.
 
 Views are grouped into orbits of `num_views` consecutive view folders (views 0..23 form the first
 24-view orbit). Real G-Objaverse objects have 40 views, of which only 0..23 make a full 24-view
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -28,8 +39,30 @@ logger = logging.getLogger("videomv.data")
 VIEW_DIR = "campos_512_v4"
 
 
+class LayoutError(ValueError):
+    """A dataset folder is not in the published G-Objaverse layout."""
+
+
+def view_files(view_root: Path, view: int) -> tuple[Path, Path]:
+    """(png, json) of view `view` under `<obj>/campos_512_v4`: `<v:05d>/<v:05d>.png` and `.json`."""
+    folder = Path(view_root) / f"{view:05d}"
+    return folder / f"{view:05d}.png", folder / f"{view:05d}.json"
+
+
+def check_view_naming(view_root: Path, view: int) -> None:
+    """Raise LayoutError when view `view` is stored in the older `<v:05d>/00000.png` naming."""
+    png, _ = view_files(view_root, view)
+    old = png.parent / "00000.png"
+    if view != 0 and not png.is_file() and old.is_file():
+        raise LayoutError(
+            f"{old}: view {view} is stored as {view:05d}/00000.png; the G-Objaverse layout names each view's "
+            f"files after the view ({view:05d}/{view:05d}.png and {view:05d}.json). Rebuild the folder "
+            "(toy worlds: tools/make_toy_dataset.py) or rename the files")
+
+
 def read_object_list(objects, root: Path) -> list[str]:
-    """Object ids from a list, a text file (one id per line, '#' comments) or a scan of `root`."""
+    """Object ids from a list, a text file (one id per line, '#' comments), a JSON list of
+    '<dir_id>/<obj_id>' strings (the release's gobjaverse_280k.json) or a scan of `root`."""
     if objects is None:
         ids = sorted(p.parent.relative_to(root).as_posix() for p in root.glob(f"*/*/{VIEW_DIR}") if p.is_dir())
         if not ids:
@@ -39,8 +72,11 @@ def read_object_list(objects, root: Path) -> list[str]:
         path = Path(objects)
         if not path.is_file():
             raise ValueError(f"object list {path} does not exist")
-        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-        ids = [line for line in lines if line]
+        if path.suffix.lower() == ".json":
+            ids = _read_json_list(path)
+        else:
+            lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+            ids = [line for line in lines if line]
         if not ids:
             raise ValueError(f"object list {path} is empty")
         return ids
@@ -50,8 +86,20 @@ def read_object_list(objects, root: Path) -> list[str]:
     return ids
 
 
+def _read_json_list(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"object list {path} is not valid JSON: {err}") from None
+    if not isinstance(data, list) or not all(isinstance(o, str) and "/" in o for o in data):
+        raise ValueError(f"object list {path}: expected a JSON list of '<dir_id>/<obj_id>' strings")
+    return [o.strip("/") for o in data]
+
+
 def read_captions(captions, root: Path) -> dict[str, str]:
-    """Captions from a dict, a json file, or (None) `<root>/captions.json` when it exists."""
+    """Captions from a dict, a JSON file mapping ids to captions (the project's captions.json, or
+    Cap3D's text_captions_cap3d.json), or (None) `<root>/captions.json` when it exists. Keys are
+    '<dir_id>/<obj_id>' or a bare '<obj_id>' (see `caption_for`)."""
     if captions is None:
         default = root / "captions.json"
         if not default.is_file():
@@ -71,12 +119,20 @@ def read_captions(captions, root: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
+def caption_for(captions: dict[str, str], object_id: str) -> str | None:
+    """The caption of '<dir_id>/<obj_id>': under the full id, else under the bare '<obj_id>'."""
+    if object_id in captions:
+        return captions[object_id]
+    return captions.get(object_id.rsplit("/", 1)[-1])
+
+
 class GObjaverseDataset(SkippingDataset):
     """Items: images (F,3,H,W) in [-1, 1] composited on `background`, alphas (F,1,H,W) in [0, 1],
     cameras (F,4,4) project c2w, views (F,) view indices, fovy (degrees), caption (+ suffix),
     object_id, has_cameras=True. F = len(view_indices) or num_views.
 
-    A missing or corrupt file makes the item be skipped (see `SkippingDataset`)."""
+    A bad object is skipped with the reason recorded (see the module docstring and `SkippingDataset`);
+    replacements are drawn pseudo-randomly from `seed`."""
 
     def __init__(
         self,
@@ -89,8 +145,10 @@ class GObjaverseDataset(SkippingDataset):
         captions=None,
         caption_suffix: str = "",
         random_elevation_subset: bool = False,
+        require_captions: bool = False,
+        seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(seed)
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"dataset root {self.root} is not a directory")
@@ -109,11 +167,21 @@ class GObjaverseDataset(SkippingDataset):
         self.random_elevation_subset = random_elevation_subset
         self.objects = read_object_list(objects, self.root)
         self.captions = read_captions(captions, self.root)
-        missing = [o for o in self.objects if o not in self.captions]
-        if missing:
-            logger.warning(
-                "%d of %d objects have no caption (e.g. %s); they get an empty caption", len(missing), len(self.objects), missing[0]
-            )
+        self.require_captions = require_captions
+        self.missing_captions = [o for o in self.objects if caption_for(self.captions, o) is None]
+        if self.missing_captions:
+            shown = ", ".join(self.missing_captions[:10]) + (", ..." if len(self.missing_captions) > 10 else "")
+            logger.warning("%d of %d objects have no caption (%s); %s", len(self.missing_captions), len(self.objects),
+                           shown, "they are skipped" if require_captions else "they get an empty caption")
+        self._check_naming()
+
+    def _check_naming(self) -> None:
+        """Refuse a folder in the older naming early, from the first object that has a view 1."""
+        for object_id in self.objects[:8]:
+            view_root = self.root / object_id / VIEW_DIR
+            if (view_root / "00001").is_dir():
+                check_view_naming(view_root, 1)
+                return
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -135,22 +203,34 @@ class GObjaverseDataset(SkippingDataset):
 
     def load(self, index: int) -> dict:
         object_id = self.objects[index]
+        caption = caption_for(self.captions, object_id)
+        if caption is None and self.require_captions:
+            raise ItemError("no caption")
         view_root = self.root / object_id / VIEW_DIR
         start = self._group_start(view_root)
         views = [start + v for v in self.view_indices]
         images, alphas, cameras, fovy = [], [], [], None
         for view in views:
-            view_dir = view_root / f"{view:05d}"
-            rgb, alpha = load_rgba(view_dir / "00000.png")
-            if images and rgb.shape != images[0].shape:
-                raise ItemError(f"{view_dir}: image size {tuple(rgb.shape[1:])} differs from the other views")
-            meta = _read_camera_json(view_dir / "00000.json")
+            png, meta_file = view_files(view_root, view)
             try:
-                cameras.append(gobjaverse_json_to_c2w(meta))
-                if fovy is None:
-                    fovy = gobjaverse_fov_deg(meta)
+                rgb, alpha = load_rgba(png, require_alpha=True)
+            except ItemError:
+                check_view_naming(view_root, view)  # a folder in the older naming is refused, not skipped
+                raise
+            if rgb.shape[1] != rgb.shape[2]:
+                raise ItemError(f"{png}: view is {rgb.shape[2]}x{rgb.shape[1]} pixels; expected a square render")
+            if images and rgb.shape != images[0].shape:
+                raise ItemError(f"{png}: image size {tuple(rgb.shape[1:])} differs from the other views")
+            meta = _read_camera_json(meta_file)
+            try:
+                c2w = gobjaverse_json_to_c2w(meta)
+                view_fovy = gobjaverse_fov_deg(meta) if fovy is None else fovy
             except (KeyError, ValueError, TypeError) as err:
-                raise ItemError(f"bad camera json {view_dir / '00000.json'}: {err}") from None
+                raise ItemError(f"bad camera json {meta_file}: {err}") from None
+            if not torch.isfinite(c2w).all() or not (math.isfinite(view_fovy) and 0 < view_fovy < 180):
+                raise ItemError(f"camera json {meta_file} has non-finite or out-of-range values")
+            cameras.append(c2w)
+            fovy = view_fovy
             images.append(rgb)
             alphas.append(alpha)
         rgb = composite(torch.stack(images), torch.stack(alphas), self.background)
@@ -162,7 +242,7 @@ class GObjaverseDataset(SkippingDataset):
             "cameras": torch.stack(cameras),
             "views": torch.tensor(views),
             "fovy": float(fovy),
-            "caption": self.captions.get(object_id, "") + self.caption_suffix,
+            "caption": (caption or "") + self.caption_suffix,
             "object_id": object_id,
             "has_cameras": True,
         }

@@ -39,9 +39,11 @@ class ImageCaptionDataset(SkippingDataset):
         if not self.files:
             raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.root}")
         self.captions = self._read_caption_json()
-        missing = [p for p in self.files if self._caption(p) is None]
-        if missing:
-            logger.warning("%d of %d images have no caption (e.g. %s); they get an empty caption", len(missing), len(self.files), missing[0])
+        self.missing_captions = [self.item_id(i) for i, p in enumerate(self.files) if self._caption(p) is None]
+        if self.missing_captions:
+            shown = ", ".join(self.missing_captions[:10]) + (", ..." if len(self.missing_captions) > 10 else "")
+            logger.warning("%d of %d images have no caption (%s); they get an empty caption",
+                           len(self.missing_captions), len(self.files), shown)
 
     def _read_caption_json(self) -> dict[str, str]:
         path = self.root / "captions.json"

@@ -7,16 +7,20 @@ from .flow import FarnebackFlow, FlowWarpResult, RaftFlow, backward_warp, defaul
 from .mesh import (
     Mesh,
     chamfer_distance,
+    check_mesh_file,
     extract_mesh,
+    load_mesh,
     load_obj,
     load_ply,
     mesh_metrics,
     normalize_mesh,
     sample_surface,
+    save_mesh,
     save_obj,
     save_ply,
     volume_iou,
     voxelize,
 )
 from .metrics import psnr, ssim
+from .references import MeshReferences
 from .perceptual import LPIPS, ClipScorer, clip_score, find_lpips_weights, load_clip, load_lpips, lpips

@@ -34,25 +34,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    "machine 1 is often much faster for the small tensors of toy-size fitting")
 
 
-def add_toy_objects_args(p: argparse.ArgumentParser, split: str = "test", limit: int = 16) -> None:
-    """--root / --split / --limit of the toy-model tools (tools/toy_model_bar.py, tools/probe_*.py)."""
-    p.add_argument("--root", type=Path, default=REPO / "data" / "toy_world_64", help="toy dataset folder")
-    p.add_argument("--split", default=split)
-    p.add_argument("--limit", type=int, default=limit)
-
-
-def toy_objects(p: argparse.ArgumentParser, args) -> list[str]:
-    """The first --limit object ids of the --split list of --root, or a usage error saying how to build it."""
-    from .view_sets import read_split
-
-    if args.limit < 1:
-        p.error(f"--limit must be >= 1, got {args.limit}")
-    try:
-        return read_split(args.root, args.split)[: args.limit]
-    except ValueError as e:
-        p.error(f"--root: {e}; build the toy world with tools/make_toy_dataset.py")
-
-
 def check_common(p: argparse.ArgumentParser, args, default_name: str) -> None:
     if args.threads is not None:
         if args.threads < 1:

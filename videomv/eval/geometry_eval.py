@@ -13,44 +13,21 @@ reference's, so the extracted mesh already lives in the reference's frame: by de
 are mapped by the normalisation of the reference (unit bounding box), which keeps the prediction's
 scale and position errors; "each" (each mesh to its own unit box, as for reconstructions in an
 unknown frame) is available. "each" punishes a visual hull's typical excess (e.g. the unseen
-underside below an elevated orbit) twice, by also shrinking the whole prediction. For toy objects the reference is the marching-cubes mesh of the analytic
-occupancy (`toyworld.occupancy`) on a fine grid.
+underside below an elevated orbit) twice, by also shrinking the whole prediction.
+
+References come from a provider, a callable object id -> Mesh: `MeshReferences` for real meshes
+(videomv.eval.references), the toy world's analytic shapes for toy datasets (videomv.toy.references).
 """
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
-
 import torch
 
-from videomv.data import toyworld
-
-from .fields import gaussian_density_grid, grid_points, visual_hull
+from .fields import gaussian_density_grid, visual_hull
 from .mesh import Mesh, extract_mesh, mesh_metrics
 
-BOUND = 0.75  # half side of the extraction grid; toy objects lie inside a sphere of radius 0.6
+BOUND = 0.75  # half side of the extraction grid; toy objects lie inside a sphere of radius 0.6 (real meshes in the unit cube need 0.87)
 MESH_METHODS = ("hull", "gaussians")
-
-
-def toy_reference_mesh(obj: toyworld.ToyObject, resolution: int = 128, bound: float = BOUND) -> Mesh:
-    """Marching cubes of the object's analytic occupancy on a `resolution`^3 grid."""
-    inside = toyworld.occupancy(obj, grid_points(resolution, bound))
-    return extract_mesh(inside.float(), 0.5, bound)
-
-
-def toy_object_for(root: str | Path, object_id: str) -> toyworld.ToyObject:
-    """Recreate a toy object from its dataset folder's settings (`toyworld.json`) and its id."""
-    settings_file = Path(root) / "toyworld.json"
-    try:
-        settings = json.loads(settings_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{settings_file}: cannot read the toy world settings ({err}); is {root} a toy dataset?") from None
-    match = re.fullmatch(r"\d+/toy_(\d+)", object_id)
-    if settings.get("generator") != "videomv.data.toyworld" or match is None:
-        raise ValueError(f"{object_id} in {root} is not a toy-world object (expected '<dir>/toy_<index>')")
-    return toyworld.sample_object(int(settings["seed"]), int(match.group(1)))
 
 
 def silhouettes_from_background(images: torch.Tensor, background, threshold: float = 0.05) -> torch.Tensor:
@@ -80,21 +57,6 @@ def geometry_metrics(pred: Mesh, reference: Mesh, num_points: int = 20_000, reso
                      normalize: str = "gt", seed: int = 0) -> dict:
     """{"chamfer", "volume_iou"} after normalisation ("gt": the reference's, "each": each mesh's own)."""
     return mesh_metrics(pred, reference, num_points=num_points, resolution=resolution, normalize=normalize, seed=seed)
-
-
-def reference_mesh_for(root: str | Path, object_id: str, reference_dir: str | Path | None = None,
-                       resolution: int = 128) -> Mesh:
-    """The reference shape of an object: `<reference_dir>/<object_id>.obj|.ply` when given, else the
-    analytic toy-world shape (the root must be a toy dataset)."""
-    from .mesh import load_obj, load_ply
-
-    if reference_dir is not None:
-        for suffix, loader in ((".obj", load_obj), (".ply", load_ply)):
-            path = Path(reference_dir) / f"{object_id}{suffix}"
-            if path.is_file():
-                return loader(path)
-        raise ValueError(f"no reference mesh {object_id}.obj or .ply in {reference_dir}")
-    return toy_reference_mesh(toy_object_for(root, object_id), resolution)
 
 
 def fit_view_gaussians(views, masks: torch.Tensor, fit):

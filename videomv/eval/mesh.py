@@ -1,5 +1,11 @@
 """Triangle meshes for geometry evaluation: marching cubes, surface sampling, normalisation,
-voxelisation, Chamfer distance, volume IoU, and OBJ/PLY files.
+voxelisation, Chamfer distance, volume IoU, and mesh files.
+
+Mesh files are read and written with trimesh (.obj .ply .glb .gltf .off .stl, textures ignored
+here), after size checks for untrusted files (`check_mesh_file`). Surface sampling is trimesh's.
+Voxelisation stays here: trimesh voxelises on its own grid (surface voxels, then filling) and its
+point-in-mesh test needs an optional ray backend, while the protocol needs the occupancy of fixed
+grid points, which ray parity gives exactly and fast.
 
 Evaluation protocol (as SyncDreamer/Wonder3D evaluate image-to-3D):
 - normalisation: each mesh is centred on its axis-aligned bounding box and scaled so that the box's
@@ -15,12 +21,18 @@ Meshes hold numpy arrays: vertices (V, 3) float64, faces (F, 3) int64.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from videomv.io import atomic_write, atomic_write_text
+from videomv.io import atomic_write
+
+from videomv.data.meshes import MESH_SUFFIXES
+MAX_MESH_BYTES = int(os.environ.get("VIDEOMV_MAX_MESH_BYTES", 1 << 30))  # 1 GiB
+MAX_MESH_ELEMENTS = 100_000_000  # vertices or faces declared by a PLY header
 
 IOU_RESOLUTION = 64
 IOU_BOUND = 0.55  # normalised meshes lie in [-0.5, 0.5]^3; a small margin keeps the grid's faces empty
@@ -65,6 +77,11 @@ class Mesh:
     def transformed(self, center: np.ndarray, scale: float) -> "Mesh":
         return Mesh((self.vertices - center) * scale, self.faces.copy())
 
+    def to_trimesh(self):
+        import trimesh
+
+        return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
 
 # --------------------------------------------------------------------------------------------- #
 # Extraction and sampling
@@ -94,19 +111,16 @@ cube). Faces wind outward."""
 
 
 def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> np.ndarray:
-    """`count` points uniformly distributed over the surface area (area-weighted triangle choice,
-    uniform barycentric coordinates), reproducible with `seed`."""
+    """`count` points uniformly distributed over the surface area (trimesh's area-weighted
+    sampling), reproducible with `seed`."""
+    import trimesh
+
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    areas = mesh.face_areas()
-    if not len(areas) or areas.sum() <= 0:
+    if not len(mesh.faces) or mesh.face_areas().sum() <= 0:
         raise ValueError("sample_surface: mesh has no area")
-    rng = np.random.default_rng(seed)
-    face = rng.choice(len(areas), size=count, p=areas / areas.sum())
-    r1, r2 = rng.random(count), rng.random(count)
-    s = np.sqrt(r1)
-    t = mesh.triangles()[face]
-    return (1 - s)[:, None] * t[:, 0] + (s * (1 - r2))[:, None] * t[:, 1] + (s * r2)[:, None] * t[:, 2]
+    points, _ = trimesh.sample.sample_surface(mesh.to_trimesh(), count, seed=seed)
+    return np.asarray(points, dtype=np.float64)
 
 
 def normalization(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -245,50 +259,93 @@ def mesh_metrics(
 # --------------------------------------------------------------------------------------------- #
 
 
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def check_mesh_file(path: str | Path, max_bytes: int | None = None) -> Path:
+    """Refuse a mesh file before parsing it when it is missing, of an unknown type, larger than
+    `max_bytes` (default `MAX_MESH_BYTES`, env VIDEOMV_MAX_MESH_BYTES), or a PLY whose header declares
+    more elements than the file can hold (so no allocation is sized by an untrusted header)."""
+    path = Path(path)
+    max_bytes = MAX_MESH_BYTES if max_bytes is None else max_bytes
+    if not path.is_file():
+        raise ValueError(f"mesh file {path} does not exist")
+    if path.suffix.lower() not in MESH_SUFFIXES:
+        raise ValueError(f"mesh file {path}: unsupported type {path.suffix!r}; expected one of {MESH_SUFFIXES}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"mesh file {path} is {size} bytes, above the limit of {max_bytes} (VIDEOMV_MAX_MESH_BYTES)")
+    if path.suffix.lower() == ".ply":
+        _check_ply_header(path, size)
+    return path
+
+
+def _check_ply_header(path: Path, size: int) -> None:
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise ValueError(f"mesh file {path}: not a PLY file with a header of at most 64 KiB")
+    body = size - (head.index(b"\n", end) + 1 if b"\n" in head[end:] else end + 10)
+    lines = head[:end].decode("ascii", "replace").splitlines()
+    binary = any(line.startswith("format binary") for line in lines)
+    needed, elements = 0, []
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["element"] and len(words) == 3:
+            if not re.fullmatch(r"\d{1,20}", words[2]):
+                raise ValueError(f"mesh file {path}: bad element count {words[2]!r}")
+            elements.append([words[1], int(words[2]), 0])
+        elif words[:1] == ["property"] and elements and len(words) >= 3:
+            # smallest size of one value: binary, the type's (a list: its count); ascii, "0 "
+            elements[-1][2] += (_PLY_SIZES.get(words[2], 1) if binary else 2)
+    for name, count, per_item in elements:
+        if count > MAX_MESH_ELEMENTS:
+            raise ValueError(f"mesh file {path}: header declares {count} {name} elements, above the limit of "
+                             f"{MAX_MESH_ELEMENTS}")
+        needed += count * max(per_item, 1)
+    if needed > body:
+        raise ValueError(f"mesh file {path}: header declares elements that need at least {needed} bytes, but the "
+                         f"file holds {body} bytes after its header")
+
+
+def load_mesh(path: str | Path, max_bytes: int | None = None) -> Mesh:
+    """Vertices and triangles of a mesh file (all parts of a scene, with their transforms), read
+    with trimesh after `check_mesh_file`. Raises ValueError naming the file when it cannot be read."""
+    import trimesh
+
+    path = check_mesh_file(path, max_bytes)
+    try:
+        loaded = trimesh.load(str(path), force="mesh", process=False)
+    except Exception as err:  # trimesh raises many types for malformed files
+        raise ValueError(f"cannot read mesh file {path}: {type(err).__name__}: {err}") from None
+    faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))))
+    if not len(faces):
+        raise ValueError(f"mesh file {path} holds no triangles")
+    return Mesh(np.asarray(loaded.vertices, dtype=np.float64), faces)
+
+
+def save_mesh(path: str | Path, mesh: Mesh) -> None:
+    """Write a mesh file, its type from the suffix (see `MESH_SUFFIXES`), atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in MESH_SUFFIXES:
+        raise ValueError(f"mesh file {path}: unsupported type {path.suffix!r}; expected one of {MESH_SUFFIXES}")
+    data = mesh.to_trimesh().export(file_type=path.suffix.lower()[1:])
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data if isinstance(data, bytes) else data.encode()))
+
+
 def save_obj(path: str | Path, mesh: Mesh) -> None:
-    lines = [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in mesh.vertices]
-    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def load_obj(path: str | Path) -> Mesh:
-    """Vertices and faces of an OBJ file (polygons fanned into triangles; other records ignored)."""
-    vertices, faces = [], []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            if parts[0] == "v":
-                vertices.append([float(p) for p in parts[1:4]])
-            elif parts[0] == "f":
-                idx = [int(p.split("/")[0]) for p in parts[1:]]
-                idx = [i - 1 if i > 0 else len(vertices) + i for i in idx]  # 1-based or negative
-                faces += [[idx[0], idx[t], idx[t + 1]] for t in range(1, len(idx) - 1)]
-        except ValueError as err:
-            raise ValueError(f"{path}:{lineno}: cannot parse OBJ record {line!r} ({err})") from None
-    return Mesh(np.array(vertices).reshape(-1, 3), np.array(faces, dtype=np.int64).reshape(-1, 3))
+    save_mesh(Path(path), mesh)
 
 
 def save_ply(path: str | Path, mesh: Mesh) -> None:
-    """Binary little-endian PLY with float32 vertices and int32 triangle indices."""
-    from plyfile import PlyData, PlyElement
+    save_mesh(Path(path), mesh)
 
-    verts = np.empty(len(mesh.vertices), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
-    verts["x"], verts["y"], verts["z"] = mesh.vertices.T
-    faces = np.empty(len(mesh.faces), dtype=[("vertex_indices", "i4", (3,))])
-    faces["vertex_indices"] = mesh.faces
-    data = PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")])
-    atomic_write(path, lambda tmp: data.write(str(tmp)))
+
+def load_obj(path: str | Path) -> Mesh:
+    return load_mesh(path)
 
 
 def load_ply(path: str | Path) -> Mesh:
-    from plyfile import PlyData
-
-    data = PlyData.read(str(path))
-    v = data["vertex"]
-    names = data["face"].data.dtype.names
-    key = "vertex_indices" if "vertex_indices" in names else names[0]
-    faces = [list(f) for f in data["face"].data[key]]
-    tris = [[f[0], f[t], f[t + 1]] for f in faces for t in range(1, len(f) - 1)]
-    return Mesh(np.stack([v["x"], v["y"], v["z"]], -1), np.array(tris, dtype=np.int64).reshape(-1, 3))
+    return load_mesh(path)

@@ -172,11 +172,11 @@ def ground_truth_view_sets(root: str | Path, split: str = "test", background="gr
                            num_views: int = 24, limit: int | None = None) -> GroundTruthViewSets:
     """Ground-truth renders of the objects of a split (G-Objaverse layout), composited on `background`
     (the evaluated model's), at `resolution` (default: the renders' own); the prompt is the caption."""
-    from videomv.data.gobjaverse import VIEW_DIR, GObjaverseDataset
+    from videomv.data.gobjaverse import VIEW_DIR, GObjaverseDataset, view_files
 
     objects = read_split(root, split)[:limit]
     if resolution is None:  # the renders' own size
-        first = Path(root) / objects[0] / VIEW_DIR / "00000" / "00000.png"
+        first = view_files(Path(root) / objects[0] / VIEW_DIR, 0)[0]
         try:
             with Image.open(first) as img:
                 resolution = img.size[1]

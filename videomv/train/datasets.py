@@ -1,4 +1,4 @@
-"""Training data from the config: G-Objaverse-layout datasets, the toy world built on first use,
+"""Training data from the config: G-Objaverse-layout datasets,
 view windows, text dropout and the 3D/2D batch alternation."""
 
 from __future__ import annotations
@@ -19,29 +19,8 @@ from videomv.io import atomic_write
 from .batches import BatchStream, ShardedOrder
 from .config import REPO_ROOT, resolve_path  # noqa: F401  (resolve_path is part of this module's API)
 
-def ensure_toy_dataset(root: Path, toy: DictConfig | dict) -> Path:
-    """Build the toy world at ``root`` when it does not exist yet (``toyworld.json`` marks it done)."""
-    root = Path(root)
-    settings_file = root / "toyworld.json"
-    if settings_file.is_file() and (root / "train.txt").is_file():
-        settings = json.loads(settings_file.read_text())
-        if int(settings.get("resolution", -1)) != int(toy["resolution"]):
-            raise ValueError(
-                f"toy world at {str(root)!r} was rendered at {settings.get('resolution')} px but the config asks "
-                f"for data.toy.resolution={toy['resolution']}: point data.root elsewhere or delete it")
-        return root
-    from videomv.data.toy_writer import build_dataset  # imported lazily: only toy configs need it
-
-    split = tuple(float(x) for x in toy.get("split", (0.9, 0.05, 0.05)))
-    build_dataset(root, int(toy["num_objects"]), int(toy["resolution"]), seed=int(toy.get("seed", 0)),
-                  split=split, workers=toy.get("workers"))
-    return root
-
-
 def dataset_root(data_cfg: DictConfig) -> Path:
     root = resolve_path(data_cfg.root)
-    if data_cfg.get("toy"):
-        ensure_toy_dataset(root, data_cfg.toy)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
     return root

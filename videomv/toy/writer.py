@@ -1,6 +1,6 @@
 """Write the toy world to disk in the G-Objaverse layout, in parallel.
 
-<out>/<dir_id>/<obj_id>/campos_512_v4/<view:05d>/{00000.png (RGBA 8-bit), 00000.json}
+<out>/<dir_id>/<obj_id>/campos_512_v4/<view:05d>/<view:05d>.png (RGBA 8-bit) and <view:05d>.json
 <out>/captions.json          {"<dir_id>/<obj_id>": caption}
 <out>/{train,val,test}.txt   one "<dir_id>/<obj_id>" per line
 <out>/toyworld.json          generator settings
@@ -18,12 +18,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from videomv.data.gobjaverse import VIEW_DIR, view_files
 from videomv.geometry import c2w_to_gobjaverse_json
 
-from . import toyworld
+from . import world as toyworld
 
 OBJECTS_PER_DIR = 1000
-VIEW_DIR = "campos_512_v4"
+GENERATOR = "videomv.toy.world"  # written to toyworld.json; "videomv.data.toyworld" in older folders
+GENERATORS = (GENERATOR, "videomv.data.toyworld")
+LAYOUT = f"<dir_id>/<obj_id>/{VIEW_DIR}/<view:05d>/<view:05d>.png"
+OLD_LAYOUT = f"<dir_id>/<obj_id>/{VIEW_DIR}/<view:05d>/00000.png"
 
 
 def object_key(index: int) -> str:
@@ -38,12 +42,12 @@ def write_object(out: Path, seed: int, index: int, resolution: int, num_views: i
     images = toyworld.to_uint8(toyworld.render_object(obj, c2w, resolution, toyworld.FOVY))
     key = object_key(index)
     for v in range(num_views):
-        view_dir = out / key / VIEW_DIR / f"{v:05d}"
-        view_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[v], mode="RGBA").save(view_dir / "00000.png", compress_level=1)
+        png, meta_file = view_files(out / key / VIEW_DIR, v)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[v], mode="RGBA").save(png, compress_level=1)
         meta = c2w_to_gobjaverse_json(c2w[v], toyworld.FOVY)
         meta.update(elevation=float(elevations[v]), azimuth=float(azimuths[v]), radius=toyworld.RADIUS)
-        (view_dir / "00000.json").write_text(json.dumps(meta))
+        meta_file.write_text(json.dumps(meta))
     return key, obj.caption
 
 
@@ -117,7 +121,7 @@ def build_dataset(
     for name, indices in splits.items():
         (out / f"{name}.txt").write_text("".join(object_key(i) + "\n" for i in indices))
     settings = {
-        "generator": "videomv.data.toyworld",
+        "generator": GENERATOR,
         "version": toyworld.VERSION,
         "seed": seed,
         "num_objects": num_objects,
@@ -129,7 +133,48 @@ def build_dataset(
         "supersample": 2,
         "split": list(split),
         "objects_per_dir": OBJECTS_PER_DIR,
-        "layout": f"<dir_id>/<obj_id>/{VIEW_DIR}/<view:05d>/00000.png",
+        "layout": LAYOUT,
     }
     (out / "toyworld.json").write_text(json.dumps(settings, indent=1))
     return settings
+
+
+def ensure_toy_dataset(root, toy_cfg) -> Path:
+    """Build the toy world at `root` unless it is already there (`toyworld.json` and `train.txt`
+    mark a finished build; one written in the older file naming is renamed in place, see
+    `migrate_layout`). `toy_cfg` is the config's `data.toy` section (a mapping with
+    num_objects, resolution and optionally seed, split, workers). A finished build at another
+    resolution is an error rather than a silent mismatch."""
+    root = Path(root)
+    settings_file = root / "toyworld.json"
+    if settings_file.is_file() and (root / "train.txt").is_file():
+        settings = json.loads(settings_file.read_text())
+        if int(settings.get("resolution", -1)) != int(toy_cfg["resolution"]):
+            raise ValueError(
+                f"toy world at {str(root)!r} was rendered at {settings.get('resolution')} px but the config asks "
+                f"for data.toy.resolution={toy_cfg['resolution']}: point data.root elsewhere or delete it")
+        if settings.get("layout", OLD_LAYOUT) != LAYOUT:
+            migrate_layout(root)
+        return root
+    split = tuple(float(x) for x in toy_cfg.get("split", (0.9, 0.05, 0.05)))
+    build_dataset(root, int(toy_cfg["num_objects"]), int(toy_cfg["resolution"]), seed=int(toy_cfg.get("seed", 0)),
+                  split=split, workers=toy_cfg.get("workers"))
+    return root
+
+
+def migrate_layout(root) -> int:
+    """Rename a toy world written in the older naming (`<v:05d>/00000.png`) to the published one
+    (`<v:05d>/<v:05d>.png`), in place; returns the number of views renamed."""
+    root = Path(root)
+    settings_file = root / "toyworld.json"
+    settings = json.loads(settings_file.read_text())
+    renamed = 0
+    for view_dir in tqdm(sorted(root.glob(f"*/*/{VIEW_DIR}/[0-9]*")), desc="renaming toy views", unit="view"):
+        for suffix in (".png", ".json"):
+            old, new = view_dir / f"00000{suffix}", view_dir / f"{view_dir.name}{suffix}"
+            if old != new and old.is_file() and not new.exists():
+                old.rename(new)
+                renamed += suffix == ".png"
+    settings["layout"] = LAYOUT
+    settings_file.write_text(json.dumps(settings, indent=1))
+    return renamed

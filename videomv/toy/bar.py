@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from videomv.data import toyworld
 from videomv.data.common import composite as data_composite
+from videomv.eval.metrics import psnr
 from videomv.models.denoise import MultiViewCondition, denoise
 
-from .geometry_eval import toy_object_for
-from .metrics import psnr
+from . import world as toyworld
+from .references import toy_object_for
 
 
 def composite(rgba: torch.Tensor, background) -> torch.Tensor:
