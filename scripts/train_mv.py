@@ -3,14 +3,25 @@
     accelerate launch scripts/train_mv.py --config configs/toy_t2mv.yaml max_steps=100 output_dir=runs/x
 """
 
-from videomv.train.config import load_config, parse_args
+from videomv.train.config import load_config, parse_args, resolve_path
 from videomv.train.engine import train
 from videomv.train.mv import MultiViewTask
 
 
+def build_toy_world(cfg) -> None:
+    """``data.toy`` set: render the toy world at ``data.root`` unless it is there already."""
+    if not cfg.data.get("toy"):
+        return
+    try:
+        from videomv.toy import ensure_toy_dataset
+    except ImportError:
+        from videomv.train.datasets import ensure_toy_dataset
+    ensure_toy_dataset(resolve_path(cfg.data.root), cfg.data.toy)
+
+
 def main(argv=None):
     path, overrides = parse_args(argv)
-    train(load_config(path, overrides), MultiViewTask)
+    train(load_config(path, overrides, MultiViewTask.schema), MultiViewTask, prepare=build_toy_world)
 
 
 if __name__ == "__main__":
