@@ -3,8 +3,11 @@
     accelerate launch scripts/train_mv.py --config configs/toy_t2mv.yaml max_steps=100 output_dir=runs/x
 """
 
-from videomv.train.config import load_config, parse_args, resolve_path
-from videomv.train.engine import train
+import sys
+
+from videomv.train.checkpoint import CheckpointError
+from videomv.train.config import ConfigError, load_config, parse_args, resolve_path
+from videomv.train.engine import OutputDirInUseError, train
 from videomv.train.mv import MultiViewTask
 
 
@@ -21,7 +24,12 @@ def build_toy_world(cfg) -> None:
 
 def main(argv=None):
     path, overrides = parse_args(argv)
-    train(load_config(path, overrides, MultiViewTask.schema), MultiViewTask, prepare=build_toy_world)
+    try:
+        cfg = load_config(path, overrides, MultiViewTask.schema)
+        train(cfg, MultiViewTask, prepare=build_toy_world)
+    except (ConfigError, OutputDirInUseError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

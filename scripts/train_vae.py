@@ -3,8 +3,11 @@
     python scripts/train_vae.py --config configs/toy_vae.yaml [key=value ...]
 """
 
-from videomv.train.config import load_config, parse_args, resolve_path
-from videomv.train.engine import train
+import sys
+
+from videomv.train.checkpoint import CheckpointError
+from videomv.train.config import ConfigError, load_config, parse_args, resolve_path
+from videomv.train.engine import OutputDirInUseError, train
 from videomv.train.vae import VAETask
 
 
@@ -21,7 +24,12 @@ def build_toy_world(cfg) -> None:
 
 def main(argv=None):
     path, overrides = parse_args(argv)
-    train(load_config(path, overrides, VAETask.schema), VAETask, prepare=build_toy_world)
+    try:
+        cfg = load_config(path, overrides, VAETask.schema)
+        train(cfg, VAETask, prepare=build_toy_world)
+    except (ConfigError, OutputDirInUseError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
