@@ -7,7 +7,7 @@ import sys
 
 from videomv.train.checkpoint import CheckpointError
 from videomv.train.config import ConfigError, load_config, parse_args, resolve_path
-from videomv.train.engine import OutputDirInUseError, train
+from videomv.train.engine import OutputDirInUseError, ProcessTimeoutError, train
 from videomv.train.mv import MultiViewTask
 
 
@@ -27,7 +27,7 @@ def main(argv=None):
     try:
         cfg = load_config(path, overrides, MultiViewTask.schema)
         train(cfg, MultiViewTask, prepare=build_toy_world)
-    except (ConfigError, OutputDirInUseError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, OutputDirInUseError, CheckpointError, ProcessTimeoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

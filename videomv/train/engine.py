@@ -162,10 +162,11 @@ def _with_ema(ema: dict, models: dict, fn):
 
 
 class Heartbeat:
-    """A barrier each step on a gloo group that names a process that stopped answering.
+    """Names the process that stopped answering when a collective operation times out.
 
-    Collective operations that wait on a stopped process give up after the process-group timeout
-    with a message that does not say which process stopped; ``monitored_barrier`` does."""
+    A collective that waits on a stopped process gives up after the process-group timeout with a
+    message that does not say which process stopped; a ``monitored_barrier`` on a gloo group of
+    its own then finds out."""
 
     def __init__(self, accelerator: Accelerator, timeout_s: float):
         import torch.distributed as dist
@@ -174,21 +175,26 @@ class Heartbeat:
         self.timeout = timedelta(seconds=float(timeout_s))
         self.group = dist.new_group(backend="gloo", timeout=self.timeout)
 
-    def __call__(self, step: int) -> None:
+    @staticmethod
+    def is_timeout(err: BaseException) -> bool:
+        text = str(err).lower()
+        return "timed out" in text or "timeout" in text or "connection closed by peer" in text
+
+    def diagnose(self, step: int, cause: BaseException) -> None:
+        """After ``cause`` (a timed-out collective): raise :class:`ProcessTimeoutError` naming the
+        processes that miss the barrier; return when every process answers."""
         try:
             self.dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
         except RuntimeError as err:
-            text = str(err)
-            found = re.search(r"[Rr]anks? ([\d, ]+) failed to pass", text)
+            found = re.search(r"[Rr]anks? ([\d, ]+) failed to pass", str(err))
             if found:
                 who = f"process(es) {found.group(1).strip()} stopped answering"
-            elif self.rank != 0:
-                who = "process 0 stopped answering"
             else:
-                who = "a process stopped answering"
+                who = "process 0 stopped answering" if self.rank != 0 else "a process stopped answering"
             raise ProcessTimeoutError(
-                f"process {self.rank} of {self.world}, before step {step + 1}: {who} within "
-                f"distributed.timeout_s={self.timeout.total_seconds():g} s ({text.splitlines()[0]})") from None
+                f"process {self.rank} of {self.world}, at step {step + 1}: {who} within "
+                f"distributed.timeout_s={self.timeout.total_seconds():g} s "
+                f"({str(cause).splitlines()[-1].strip()})") from None
 
 
 class Trainer:
@@ -213,7 +219,12 @@ class Trainer:
         self.start_logging()
         try:
             while self.step < self.last_step:
-                self.train_step()
+                try:
+                    self.train_step()
+                except RuntimeError as err:
+                    if self.heartbeat is not None and Heartbeat.is_timeout(err):
+                        self.heartbeat.diagnose(self.step, err)
+                    raise
                 self.after_step()
         finally:
             self.progress.close()
@@ -349,8 +360,6 @@ class Trainer:
 
     # -- one optimizer step
     def train_step(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat(self.step)
         losses, logs, finite = self.forward_backward()
         if finite:
             self.optimizer_step(logs)
