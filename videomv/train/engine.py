@@ -253,12 +253,13 @@ class Trainer:
                                       rank=self.rank, barrier=acc.wait_for_everyone)
         self.candidates = self.ckpt.candidates(cfg.resume)
         fresh_by_choice = cfg.resume in (None, "", "none", "None")
+        used = run_records_in(self.out_dir)  # every process checks, so every process stops
+        if fresh_by_choice and used and not cfg.overwrite:
+            raise OutputDirInUseError(
+                f"output_dir {str(self.out_dir)!r} holds another run ({', '.join(used)}): resume it with "
+                "resume=latest, choose another output_dir, or replace it with overwrite=true")
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            used = run_records_in(self.out_dir)
-            if fresh_by_choice and used and not cfg.overwrite:
-                raise OutputDirInUseError(
-                    f"output_dir {str(self.out_dir)!r} holds another run ({', '.join(used)}): resume it with "
-                    "resume=latest, choose another output_dir, or replace it with overwrite=true")
             if fresh_by_choice and used:
                 for name in ("checkpoints", "metrics.jsonl", "validation.jsonl", "skipped.json"):
                     target = self.out_dir / name
@@ -269,7 +270,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
         acc.wait_for_everyone()
-        self.candidates = [p for p in self.candidates if p.exists()]
+        self.candidates = self.ckpt.candidates(cfg.resume)  # again: cleaning may have removed some
 
     def build(self) -> None:
         cfg, acc = self.cfg, self.accelerator
