@@ -33,10 +33,13 @@ def test_fresh_run_refuses_a_used_folder_unless_overwrite(tmp_path, toy_root):
     with pytest.raises(OutputDirInUseError, match=r"holds another run \(checkpoints/, metrics.jsonl\).*overwrite=true"):
         run_tiny(out, toy_root, "max_steps=2")
     assert steps_logged(out) == [1, 2, 3]  # the refused run changed nothing
-    second = run_tiny(out, toy_root, "max_steps=2", "checkpoint.every=1", "overwrite=true")
-    assert steps_logged(out) == [1, 2]
+    (out / "notes.txt").write_text("kept")  # not a run output
+    second = run_tiny(out, toy_root, "max_steps=2", "checkpoint.every=1", "overwrite=true", "ema.enabled=false")
+    assert steps_logged(out) == [1, 2] and (out / "notes.txt").read_text() == "kept"
+    assert not list(out.glob("ema_*.safetensors"))  # the earlier run's EMA export went with it
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     assert [h["loss"] for h in second["history"]] == [h["loss"] for h in first["history"][:2]]  # same seed
+    assert (out / "final" / "model_index.json").is_file()
 
 
 def test_resume_latest_without_checkpoint_says_so_and_auto_starts_fresh(tmp_path, toy_root):

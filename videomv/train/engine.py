@@ -124,6 +124,22 @@ def run_records_in(out_dir: Path) -> list[str]:
     return found
 
 
+# What a run writes into its output_dir besides config.yaml (rewritten) and the latent cache (keyed
+# by VAE and data, so it stays valid); the tracker folder is added by name.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "validation.jsonl", "skipped.json", "final", "samples",
+               "reconstructor", "vae", "wandb", "ema_*.safetensors", "debug_rank*.json")
+
+
+def remove_run_outputs(out_dir: Path, tracker_project: str | None = None) -> list[str]:
+    """Delete an earlier run's outputs from ``out_dir`` (``overwrite=true``); returns their names."""
+    removed = []
+    for pattern in RUN_OUTPUTS + ((tracker_project,) if tracker_project else ()):
+        for target in sorted(out_dir.glob(pattern)):
+            removed.append(target.name + ("/" if target.is_dir() else ""))
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return removed
+
+
 def drop_records_after(metrics_file: Path, step: int) -> None:
     """Keep the JSON-lines records of steps up to ``step``: an interrupted run logged later ones, and
     the resumed run logs them again. A line cut off by a kill is dropped with a warning."""
@@ -261,10 +277,8 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             if fresh_by_choice and used:
-                for name in ("checkpoints", "metrics.jsonl", "validation.jsonl", "skipped.json"):
-                    target = self.out_dir / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-                acc.print(f"overwrite=true: removed the earlier run's {', '.join(used)} in {self.out_dir}")
+                removed = remove_run_outputs(self.out_dir, cfg.logging.project)
+                acc.print(f"overwrite=true: removed the earlier run's {', '.join(removed)} in {self.out_dir}")
             for name in self.ckpt.clean():
                 acc.print(f"removed {name} left in {self.ckpt.root} by an interrupted run")
             self.out_dir.mkdir(parents=True, exist_ok=True)
