@@ -135,6 +135,6 @@ def test_stage2_kill_and_resume_is_exact(tmp_path):
     overrides = [f"data.root={world}", "data.toy.num_objects=4", "data.toy.resolution=32", "data.toy.workers=1",
                  "data.toy.split=[0.5,0.25,0.25]", "data.resolution=32", "logging.trackers=[]", "validation.every=0",
                  "dataloader.batch_size=1", "loss.views=3", "inputs.views=random", "inputs.source=generator",
-                 f"generator.path={generator}", "max_steps=7", "checkpoint.every=2", "lr_scheduler.warmup_steps=1"]
-    kill_and_resume(tmp_path, ReconstructorTask, "train_recon.py", "toy_recon.yaml", overrides, kill_at=3, last=7,
+                 f"generator.path={generator}", "max_steps=5", "checkpoint.every=2", "lr_scheduler.warmup_steps=1"]
+    kill_and_resume(tmp_path, ReconstructorTask, "train_recon.py", "toy_recon.yaml", overrides, kill_at=3, last=5,
                     names=["model_reconstructor.safetensors", "optimizer.safetensors", "rng_rank0.safetensors"])
