@@ -103,3 +103,15 @@ def test_unreadable_items_are_left_out_of_the_latent_cache_and_reported(tmp_path
     assert [(r["source"], r["id"]) for r in report] == [("latents", bad)]
     assert "cannot read image" in report[0]["reason"] and "00005" in report[0]["reason"]
     assert summary["skipped_items"] == report
+
+
+def test_stop_at_ends_early_on_the_full_schedule_and_resumes(tmp_path, toy_root):
+    schedule = ["max_steps=4", "lr_scheduler.name=cosine", "lr_scheduler.warmup_steps=1", "checkpoint.every=10"]
+    whole = run_tiny(tmp_path / "whole", toy_root, *schedule)
+    part = tmp_path / "part"
+    first = run_tiny(part, toy_root, *schedule, "stop_at=2")
+    assert [h["step"] for h in first["history"]] == [1, 2] and (part / "final" / "model_index.json").is_file()
+    assert [h["lr"] for h in first["history"]] == [h["lr"] for h in whole["history"][:2]]  # the 4-step cosine
+    rest = run_tiny(part, toy_root, *schedule, "resume=latest")
+    assert [h["step"] for h in rest["history"]] == [3, 4]
+    assert first["history"] + rest["history"] == whole["history"]
