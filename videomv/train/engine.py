@@ -316,41 +316,47 @@ class Trainer:
         self.scaler = getattr(acc, "scaler", None)
 
     def restore_or_seed(self) -> None:
-        """Resume from the newest checkpoint every process can read (older ones when the newest is
-        damaged, with a warning), or seed the per-process streams of a fresh run."""
-        acc = self.accelerator
+        """Resume from the newest checkpoint every process can read, or seed the per-process
+        streams of a fresh run."""
+        data = self.first_readable_checkpoint()
+        if data is None:
+            self.resumed_from = None
+            set_seed(int(self.cfg.seed), device_specific=True)  # per-process offset for noise/timesteps
+            return
+        state = self.ckpt.apply(data, models=self.unwrapped, optimizer=self.optimizer,
+                                lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=self.scaler)
+        saved_world = int(state.get("num_processes", self.world))
+        if saved_world != self.world:
+            raise ValueError(f"resume={data['path']}: checkpoint written by {saved_world} processes, resuming with "
+                             f"{self.world} would change the data order and per-process RNG streams; launch "
+                             "with the same count")
+        self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_nonfinite", 0))
+        self.batches.load_state_dict(state["data"])
+        self.task.load_rng_state(state.get("rank_tensors", {}))
+        self.resumed_from = data["path"]
+        self.accelerator.print(f"resumed from {data['path']} at step {self.step}")
+
+    def first_readable_checkpoint(self) -> dict | None:
+        """The newest candidate every process reads completely; a damaged newer one is set aside
+        (``damaged-step_*``) with a warning. An explicitly named checkpoint must be readable."""
+        acc, explicit = self.accelerator, str(self.cfg.resume) not in ("latest", "auto")
         for path in self.candidates:
             try:
-                data = self.ckpt.read(path, list(self.unwrapped), list(self.ema))
-                problem = None
+                data, problem = self.ckpt.read(path, list(self.unwrapped), list(self.ema)), None
             except CheckpointError as err:
                 data, problem = None, str(err)
-            if not self._all_processes_agree(problem is None):
-                if len(self.candidates) == 1 and str(self.cfg.resume) not in ("latest", "auto"):
-                    raise CheckpointError(problem or f"checkpoint {str(path)!r} is damaged on another process")
-                warnings.warn(f"{problem or f'checkpoint {path} is damaged on another process'}; "
-                              "trying the previous checkpoint")
-                if acc.is_main_process:
-                    acc.print(f"set aside as {self.ckpt.set_aside(path).name}")
-                acc.wait_for_everyone()
-                continue
-            state = self.ckpt.apply(data, models=self.unwrapped, optimizer=self.optimizer,
-                                    lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=self.scaler)
-            saved_world = int(state.get("num_processes", self.world))
-            if saved_world != self.world:
-                raise ValueError(f"resume={path}: checkpoint written by {saved_world} processes, resuming with "
-                                 f"{self.world} would change the data order and per-process RNG streams; launch "
-                                 "with the same count")
-            self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_nonfinite", 0))
-            self.batches.load_state_dict(state["data"])
-            self.task.load_rng_state(state.get("rank_tensors", {}))
-            self.resumed_from = path
-            acc.print(f"resumed from {path} at step {self.step}")
-            return
+            if self._all_processes_agree(problem is None):
+                return data
+            problem = problem or f"checkpoint {str(path)!r} is damaged on another process"
+            if explicit:
+                raise CheckpointError(problem)
+            warnings.warn(f"{problem}; trying the previous checkpoint")
+            if acc.is_main_process:
+                acc.print(f"set aside as {self.ckpt.set_aside(path).name}")
+            acc.wait_for_everyone()
         if self.candidates:
             raise CheckpointError(f"resume={self.cfg.resume}: no checkpoint in {self.ckpt.root} can be read")
-        self.resumed_from = None
-        set_seed(int(self.cfg.seed), device_specific=True)  # per-process offset for noise/timesteps
+        return None
 
     def _all_processes_agree(self, ok: bool) -> bool:
         if self.world == 1:
