@@ -177,7 +177,7 @@ def _with_ema(ema: dict, models: dict, fn):
             models[n].load_state_dict(sd)
 
 
-class Heartbeat:
+class TimeoutCheck:
     """Names the process that stopped answering when a collective operation times out.
 
     A collective that waits on a stopped process gives up after the process-group timeout with a
@@ -238,8 +238,8 @@ class Trainer:
                 try:
                     self.train_step()
                 except RuntimeError as err:
-                    if self.heartbeat is not None and Heartbeat.is_timeout(err):
-                        self.heartbeat.diagnose(self.step, err)
+                    if self.timeout_check is not None and TimeoutCheck.is_timeout(err):
+                        self.timeout_check.diagnose(self.step, err)
                     raise
                 self.after_step()
         finally:
@@ -258,8 +258,8 @@ class Trainer:
         )
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
-        self.heartbeat = Heartbeat(acc, cfg.distributed.timeout_s) \
-            if self.world > 1 and cfg.distributed.heartbeat else None
+        self.timeout_check = TimeoutCheck(acc, cfg.distributed.timeout_s) \
+            if self.world > 1 and cfg.distributed.name_stopped_process else None
 
     def open_output_dir(self) -> None:
         """Decide fresh start or resume, refuse to mix a fresh run into another run's folder,

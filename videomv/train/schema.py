@@ -64,7 +64,7 @@ class DebugConfig:
 @dataclass
 class DistributedConfig:
     timeout_s: float = 1800.0  # a process that does not answer for this long stops the run, named
-    heartbeat: bool = True  # after a timed-out collective, find and name the process that stopped
+    name_stopped_process: bool = True  # after a timed-out collective, find out which process stopped
 
 
 @dataclass
