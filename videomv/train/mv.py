@@ -40,8 +40,8 @@ def local_or_hub(value: str, subfolder: str | None, key: str) -> str:
     if str(value).count("/") == 1 and not str(value).startswith((".", "/", "~")):
         return str(value)  # hub id; loading needs the weights in the local hub cache or network access
     raise FileNotFoundError(
-        f"{key}: {str(path)!r} does not exist (for the toy configs train the VAE first: "
-        "python scripts/train_vae.py --config configs/toy_vae.yaml)")
+        f"{key}: {str(path)!r} does not exist (the toy configs use data/embedded/t2mv/vae; "
+        "python scripts/train_vae.py --config configs/toy_vae.yaml trains one into runs/toy_vae/vae)")
 
 
 def load_vae(vae_cfg: DictConfig) -> AutoencoderKL:
