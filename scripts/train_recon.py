@@ -3,15 +3,11 @@
     accelerate launch scripts/train_recon.py --config configs/toy_recon.yaml [key=value ...]
 """
 
-from videomv.train.config import load_config, parse_args
-from videomv.train.engine import train
+import sys
+
+from videomv.toy import build_configured_world
+from videomv.train.cli import run_training
 from videomv.train.recon import ReconstructorTask
 
-
-def main(argv=None):
-    path, overrides = parse_args(argv)
-    train(load_config(path, overrides), ReconstructorTask)
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_training(ReconstructorTask, prepare=build_configured_world))

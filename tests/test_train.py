@@ -19,10 +19,14 @@ from videomv.train.batches import BatchStream, ShardedOrder
 from videomv.train.checkpoint import (CheckpointManager, optimizer_from_safe, optimizer_to_safe, rng_state,
                                       set_rng_state)
 from videomv.train.config import load_config, parse_args
-from videomv.train.diffusion import build_noise_scheduler, diffusion_loss, diffusion_target, warn_min_snr_high_noise
+from videomv.train.diffusion import build_noise_scheduler, diffusion_target, warn_min_snr_high_noise
 from videomv.train.ema import EMA
 from videomv.train.engine import NonFiniteLossError, train
+from videomv.train.losses import diffusion_loss
 from videomv.train.mv import MultiViewTask
+from videomv.train.schema import MultiViewConfig
+
+from videomv.toy import build_configured_world
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy_t2mv.yaml"
@@ -40,7 +44,7 @@ TINY = [
     "unet.init.cross_attention_dim=16", "unet.init.attention_head_dim=4",
     "text_encoder.init.hidden_size=16", "text_encoder.init.num_layers=1", "text_encoder.init.num_heads=2",
     "text_encoder.init.projection_dim=16",
-    "dataloader.batch_size=2", "logging.with=[]", "validation.every=0",
+    "dataloader.batch_size=2", "logging.trackers=[]", "validation.every=0",
     "optimizer.lr=1e-3", "lr_scheduler.name=constant", "lr_scheduler.warmup_steps=0",
 ]
 
@@ -50,11 +54,15 @@ def toy_root(tmp_path_factory):
     return tmp_path_factory.mktemp("toy") / "world16"  # built by the first run (data.toy)
 
 
+def tiny_config(*extra: str, config=CONFIG):
+    return load_config(config, TINY + list(extra), MultiViewConfig)
+
+
 def run(tmp: Path, toy_root: Path, *extra: str, task=MultiViewTask) -> dict:
     AcceleratorState._reset_state(True)
-    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp}", *extra])
+    cfg = tiny_config(f"data.root={toy_root}", f"output_dir={tmp}", *extra)
     try:
-        return train(cfg, task)
+        return train(cfg, task, prepare=build_configured_world)
     finally:
         AcceleratorState._reset_state(True)
 
@@ -98,7 +106,7 @@ def test_toy_run_loss_falls_and_saves_resolved_config(tmp_path, toy_root):
     assert torch.equal(pipe.scheduler.alphas_cumprod, text_scheduler().alphas_cumprod)
     assert pipe.scheduler.config.steps_offset == 1 and pipe.scheduler.config.prediction_type == "epsilon"
 
-    saved = load_config(out / "config.yaml", [])
+    saved = load_config(out / "config.yaml", [], MultiViewConfig)
     assert saved.max_steps == 40 and saved.optimizer.lr == pytest.approx(3e-3)
     assert saved.data.objects == str(one) and saved.output_dir == str(out)
     assert saved.unet.init.block_out_channels == [8, 16]
@@ -113,9 +121,8 @@ def test_continuing_from_an_fp16_model_folder_trains_float32_copies(tmp_path, to
     half = tmp_path / "half"  # an exported model folder stores fp16, as data/embedded does
     T2MVPipeline.from_pretrained(str(tmp_path / "a" / "final")).to(torch.float16).save_pretrained(str(half))
     AcceleratorState._reset_state(True)
-    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}",
-                                      "data.cache_latents=false", f"unet.pretrained={half}",
-                                      f"text_encoder.base={half}", f"vae.path={half}/vae", "vae.subfolder=null"])
+    cfg = tiny_config(f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}", "data.cache_latents=false",
+                      f"unet.pretrained={half}", f"text_encoder.base={half}", f"vae.path={half}/vae", "vae.subfolder=null")
     try:
         task = MultiViewTask(cfg, Accelerator(cpu=True))
     finally:
@@ -136,10 +143,10 @@ def test_schedule_overrides_reach_the_exported_sampler(tmp_path, toy_root):
 
     run(tmp_path / "a", toy_root, "max_steps=1", "checkpoint.every=100")  # builds the toy world
     AcceleratorState._reset_state(True)
-    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}", "data.cache_latents=false",
-                                      "noise_scheduler.overrides.prediction_type=v_prediction",
-                                      "noise_scheduler.overrides.rescale_betas_zero_snr=true",
-                                      "noise_scheduler.overrides.timestep_spacing=trailing"])
+    cfg = tiny_config(f"data.root={toy_root}", f"output_dir={tmp_path / 'b'}", "data.cache_latents=false",
+                      "noise_scheduler.overrides.prediction_type=v_prediction",
+                      "noise_scheduler.overrides.rescale_betas_zero_snr=true",
+                      "noise_scheduler.overrides.timestep_spacing=trailing")
     try:
         task = MultiViewTask(cfg, Accelerator(cpu=True))
     finally:
@@ -200,7 +207,7 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, toy_root, monkeypatch):
     # Also logs to tensorboard and to wandb in offline mode (no network).
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "skip"
-    summary = run(out, toy_root, "max_steps=3", "skip_nonfinite_loss=1", "logging.with=[tensorboard,wandb]",
+    summary = run(out, toy_root, "max_steps=3", "skip_nonfinite_loss=1", "logging.trackers=[tensorboard,wandb]",
                   "logging.every=1", task=NaNAtStep2)
     assert summary["step"] == 3 and math.isnan(summary["history"][1]["loss"])
     assert all(math.isfinite(h["loss"]) for h in (summary["history"][0], summary["history"][2]))
@@ -215,7 +222,7 @@ def test_latent_cache_matches_vae_and_is_reused(tmp_path, toy_root):
 
     summary = run(tmp_path / "cached", toy_root, "max_steps=2", "data.cache_latents=true")
     assert all(math.isfinite(h["loss"]) for h in summary["history"])
-    cfg = load_config(CONFIG, TINY + [f"data.root={toy_root}"])
+    cfg = tiny_config(f"data.root={toy_root}")
     dataset = build_multiview_dataset(cfg.data, "train")
     torch.manual_seed(0)
     vae = AutoencoderKL(**dict(cfg.vae.init)).eval()
@@ -258,21 +265,15 @@ def test_2d_images_mix_in_as_one_frame_batches(tmp_path, toy_root):
 
 # ----------------------------------------------------------------------------- config
 def test_config_overrides_and_errors(tmp_path):
-    cfg = load_config(CONFIG, ["max_steps=7", "optimizer.lr=0.5", "data.window=null", "new.key=[1,2]"])
-    assert cfg.max_steps == 7 and cfg.optimizer.lr == 0.5 and cfg.data.window is None and list(cfg.new.key) == [1, 2]
-    assert cfg.checkpoint.keep_last == 2  # from the YAML (engine default 3); engine defaults fill what it omits
-    assert cfg.skip_nonfinite_loss == 0 and cfg.ema.enabled is True
+    cfg = load_config(CONFIG, ["max_steps=7", "optimizer.lr=0.5", "data.window=null"], MultiViewConfig)
+    assert cfg.max_steps == 7 and cfg.optimizer.lr == 0.5 and cfg.data.window is None
+    assert cfg.checkpoint.keep_last == 2  # from the YAML (schema default 3); the schema fills what it omits
+    assert cfg.skip_nonfinite_loss == 0 and cfg.ema.enabled is True and cfg.distributed.timeout_s == 1800
     assert parse_args(["--config", "x.yaml", "a=1", "b.c=2"]) == ("x.yaml", ["a=1", "b.c=2"])
     with pytest.raises(SystemExit):
         parse_args(["--config", "x.yaml", "not_an_override"])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
-        load_config(tmp_path / "missing.yaml")
-    with pytest.raises(ValueError, match="mixed_precision"):
-        load_config(CONFIG, ["mixed_precision=fp8"])
-    with pytest.raises(ValueError, match="max_steps"):
-        load_config(CONFIG, ["max_steps=0"])
-    for name in ("toy_vae", "toy_i2mv", "t2mv_modelscope", "i2mv_i2vgenxl"):
-        load_config(REPO / "configs" / f"{name}.yaml")
+        load_config(tmp_path / "missing.yaml", [], MultiViewConfig)
     from omegaconf import OmegaConf
 
     from videomv.train.mv import load_vae
@@ -284,9 +285,59 @@ def test_config_overrides_and_errors(tmp_path):
         load_vae(OmegaConf.create({"path": str(tmp_path / "empty")}))
     with pytest.raises(ValueError, match="vae.path"):
         load_vae(OmegaConf.create({}))
-    paper = load_config(REPO / "configs" / "t2mv_modelscope.yaml")
+    paper = load_config(REPO / "configs" / "t2mv_modelscope.yaml", [], MultiViewConfig)
     assert paper.unet.base == "damo-vilab/text-to-video-ms-1.7b" and paper.optimizer.lr == pytest.approx(3e-5)
     assert paper.data.caption_suffix == ", 3d asset" and paper.mixed_precision == "fp16"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_steps=3.9", r"'max_steps'.*3\.9.*Integer"),
+    ("max_steps=abc", r"'max_steps'.*abc"),
+    ("ema.enabled=nope", r"'ema.enabled'.*nope"),
+    ("checkpoint.every=0", r"'checkpoint.every' must be an integer >= 1, got 0"),
+    ("max_steps=0", r"'max_steps' must be an integer >= 1"),
+    ("mixed_precision=fp8", r"'mixed_precision' must be one of no, fp16, bf16"),
+    ("data.text_dropout=1.5", r"'data.text_dropout' must be a probability"),
+    ("optimizer.lr=-1", r"'optimizer.lr' must be a number > 0"),
+    ("max_stepz=3", r"unknown config key 'max_stepz'.*'max_steps'"),
+    ("optimizer.lrr=3", r"unknown config key 'optimizer.lrr'.*'optimizer.lr'"),
+    ("data.windw=3", r"unknown config key 'data.windw'.*'data.window'"),
+    ("logging.with=[]", r"'logging.with'.*'logging.trackers'"),
+    ("resume=/no/such/checkpoint", r"'resume' must be null, latest, auto or an existing checkpoint folder"),
+])
+def test_bad_overrides_fail_naming_the_key(override, message):
+    from videomv.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, [override], MultiViewConfig)
+
+
+def test_typed_overrides_convert_and_bools_parse():
+    cfg = load_config(CONFIG, ["max_steps=12", "ema.enabled=false", "optimizer.lr=2e-4", "data.window=4"],
+                      MultiViewConfig)
+    assert cfg.max_steps == 12 and isinstance(cfg.max_steps, int)
+    assert cfg.ema.enabled is False and cfg.optimizer.lr == pytest.approx(2e-4) and cfg.data.window == 4
+
+
+def test_config_overlays_hold_only_differences(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("max_steps: 10\noptimizer: {lr: 0.5}\ndata: {root: somewhere, resolution: 32}\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text("base_config: ../base.yaml\noptimizer: {lr: 0.25}\n")
+    cfg = load_config(child, ["seed=3"], MultiViewConfig)
+    assert (cfg.max_steps, cfg.optimizer.lr, cfg.data.root, cfg.data.resolution, cfg.seed) == (10, 0.25, "somewhere", 32, 3)
+    assert "base_config" not in cfg
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base_config: loop.yaml\n")
+    from videomv.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(loop, [], MultiViewConfig)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base_config: base.yaml\noptimiser: {lr: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'optimiser' \(from .*bad.yaml\).*'optimizer'"):
+        load_config(bad, [], MultiViewConfig)
 
 
 # ----------------------------------------------------------------------------- checkpoint format
@@ -314,7 +365,9 @@ def test_checkpoint_files_are_safetensors_json_atomic_and_pruned(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=2)
     # A crash mid-save leaves a temp folder: never picked by latest, replaced by the next save.
     (tmp_path / "checkpoints" / ".tmp-step_000009").mkdir(parents=True)
-    assert manager.latest() is None and manager.resolve("latest") is None
+    assert manager.latest() is None and manager.resolve("auto") is None
+    with pytest.raises(FileNotFoundError, match="resume=latest: no checkpoint"):
+        manager.resolve("latest")
     for step in (3, 6, 9):
         manager.save(step, models={"net": model}, optimizer=opt, lr_scheduler=sched, ema=ema,
                      trainer_state={"data": {"epoch": 0, "position": step}})

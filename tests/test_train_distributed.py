@@ -51,3 +51,41 @@ def test_two_process_cpu_run_stays_in_sync(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3]  # written once, by the main process
     mean = [(a + b) / 2 for a, b in zip(ranks[0]["local_losses"], ranks[1]["local_losses"])]
     assert [m["loss"] for m in metrics] == pytest.approx(mean, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_stopped_process_is_named_after_the_timeout(tmp_path):
+    """Two gloo processes started directly (so their pids are known); process 1 is stopped with
+    SIGSTOP mid-run: process 0 gives up after distributed.timeout_s and names process 1."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", ACCELERATE_USE_CPU="true",
+                   RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONPATH=str(REPO))
+        cmd = [sys.executable, str(REPO / "scripts" / "train_mv.py"), "--config", str(REPO / "configs" / "toy_t2mv.yaml"),
+               *TINY, f"data.root={tmp_path / 'world16'}", f"output_dir={out}", "max_steps=400",
+               "checkpoint.every=1000", "distributed.timeout_s=4"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        output, _ = procs[0].communicate(timeout=120)
+        waited = time.monotonic() - stopped
+    finally:
+        os.kill(procs[1].pid, signal.SIGKILL)
+        procs[1].wait(timeout=60)
+    assert procs[0].returncode == 2, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: process 0 of 2") and "process(es) 1 stopped answering" in last, last
+    assert "distributed.timeout_s=4" in last and 3 < waited < 60

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 from tiny_videomv import tiny_text_videomv
 from videomv.recon import Reconstructor
 from videomv.train.config import load_config
-from videomv.toy import ensure_toy_dataset
 from videomv.train.engine import train
 from videomv.train.recon import ReconstructorTask, choose_views
+from videomv.toy import build_configured_world, ensure_toy_dataset
+from videomv.train.schema import ReconConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy_recon.yaml"
@@ -30,15 +31,15 @@ def toy_root(tmp_path_factory):
 def config(tmp: Path, toy_root: Path, *extra: str):
     return load_config(CONFIG, [
         f"data.root={toy_root}", "data.toy.num_objects=4", "data.toy.resolution=32", "data.toy.workers=1",
-        "data.toy.split=[0.5,0.25,0.25]", "data.resolution=32", f"output_dir={tmp}", "logging.with=[]",
+        "data.toy.split=[0.5,0.25,0.25]", "data.resolution=32", f"output_dir={tmp}", "logging.trackers=[]",
         "validation.every=0", "dataloader.batch_size=1", "loss.views=4", "lr_scheduler.name=constant",
-        "lr_scheduler.warmup_steps=0", "optimizer.lr=2e-3", *extra])
+        "lr_scheduler.warmup_steps=0", "optimizer.lr=2e-3", *extra], ReconConfig)
 
 
 def run(cfg) -> dict:
     AcceleratorState._reset_state(True)
     try:
-        return train(cfg, ReconstructorTask)
+        return train(cfg, ReconstructorTask, prepare=build_configured_world)
     finally:
         AcceleratorState._reset_state(True)
 
@@ -72,6 +73,7 @@ def test_generator_inputs_are_single_step_denoised_views(tmp_path, toy_root):
     tiny_text_videomv(with_reconstructor=False).pipeline.save_pretrained(generator)
     cfg = config(tmp_path / "run", toy_root, "max_steps=2", "inputs.source=generator", f"generator.path={generator}",
                  "inputs.t_max=300")
+    build_configured_world(cfg)
     AcceleratorState._reset_state(True)
     try:
         from accelerate import Accelerator

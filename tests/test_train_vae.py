@@ -18,7 +18,10 @@ from videomv.train.config import load_config
 from videomv.train.datasets import build_multiview_dataset
 from videomv.train.engine import train
 from videomv.data.common import composite, parse_background
+from videomv.train.schema import VAEConfig
 from videomv.train.vae import VAETask, latent_std, recomposite
+
+from videomv.toy import build_configured_world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +30,7 @@ TINY = [
     "data.toy.split=[0.5,0.25,0.25]", "data.toy.workers=1", "data.resolution=16",
     "vae.init.block_out_channels=[8,16]", "vae.init.down_block_types=[DownEncoderBlock2D,DownEncoderBlock2D]",
     "vae.init.up_block_types=[UpDecoderBlock2D,UpDecoderBlock2D]", "vae.init.norm_num_groups=4",
-    "vae.init.sample_size=16", "dataloader.batch_size=2", "views_per_object=4", "logging.with=[]",
+    "vae.init.sample_size=16", "dataloader.batch_size=2", "views_per_object=4", "logging.trackers=[]",
     "lr_scheduler.name=constant", "lr_scheduler.warmup_steps=0",
 ]
 
@@ -35,8 +38,8 @@ TINY = [
 def run(config: str, overrides: list[str]):
     AcceleratorState._reset_state(True)
     try:
-        cfg = load_config(REPO / "configs" / config, TINY + overrides)
-        return cfg, train(cfg, VAETask)
+        cfg = load_config(REPO / "configs" / config, TINY + overrides, VAEConfig)
+        return cfg, train(cfg, VAETask, prepare=build_configured_world)
     finally:
         AcceleratorState._reset_state(True)
 

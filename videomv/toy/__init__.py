@@ -4,6 +4,6 @@ the embedded toy models must clear with its probes (`bar`). The library outside 
 not import it; scripts, tools and tests do."""
 
 from .world import ToyObject, render_object, sample_like, sample_object
-from .writer import build_dataset, ensure_toy_dataset
+from .writer import build_configured_world, build_dataset, ensure_toy_dataset
 
-__all__ = ["ToyObject", "build_dataset", "ensure_toy_dataset", "render_object", "sample_like", "sample_object"]
+__all__ = ["ToyObject", "build_configured_world", "build_dataset", "ensure_toy_dataset", "render_object", "sample_like", "sample_object"]

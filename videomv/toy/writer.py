@@ -178,3 +178,12 @@ def migrate_layout(root) -> int:
     settings["layout"] = LAYOUT
     settings_file.write_text(json.dumps(settings, indent=1))
     return renamed
+
+
+def build_configured_world(cfg) -> None:
+    """The training scripts' ``prepare`` hook: with ``data.toy`` set, build the toy world at
+    ``data.root`` unless it is there already."""
+    if cfg.data.get("toy"):
+        from videomv.train.config import resolve_path  # the config's paths are relative to the repository
+
+        ensure_toy_dataset(resolve_path(cfg.data.root), cfg.data.toy)

@@ -97,11 +97,20 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- manager
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be read completely (missing, truncated or corrupt files)."""
+
+
+REQUIRED_FILES = ("trainer_state.json", "optimizer.json", "optimizer.safetensors")
+
+
 class CheckpointManager:
     """Saves, lists, prunes and loads ``step_*`` checkpoints under ``<output_dir>/checkpoints``.
 
     Multi-process use: every rank calls :meth:`save` (each writes its own RNG state); the main
     process writes the shared parts and renames. ``barrier`` synchronises the ranks.
+    Pruned folders are first renamed to ``.old-step_*`` and then deleted, so a kill during pruning
+    never leaves a half-deleted ``step_*`` folder; :meth:`clean` removes such leftovers.
     """
 
     def __init__(self, output_dir: str | os.PathLike, keep_last: int = 3, *, is_main: bool = True,
@@ -124,20 +133,56 @@ class CheckpointManager:
         found = self.list()
         return found[-1] if found else None
 
-    def resolve(self, resume) -> Path | None:
-        """``None`` → fresh start; ``"latest"`` → newest checkpoint (or fresh when none); else a path."""
+    def candidates(self, resume) -> list[Path]:
+        """Checkpoints to try, newest first: ``[]`` for a fresh start (``resume`` unset, or ``auto``
+        without checkpoints), every checkpoint for ``latest``/``auto``, else the one folder given."""
         if resume in (None, "", "none", "None", False):
-            return None
-        if str(resume) == "latest":
-            return self.latest()
+            return []
+        if str(resume) in ("latest", "auto"):
+            found = self.list()[::-1]
+            if not found and str(resume) == "latest":
+                raise FileNotFoundError(
+                    f"resume=latest: no checkpoint to resume in {str(self.root)!r}; start a fresh run without "
+                    "resume, or use resume=auto to resume when there is a checkpoint and start fresh otherwise")
+            return found
         path = Path(str(resume))
         if not (path / "trainer_state.json").is_file():
             raise FileNotFoundError(f"resume={resume!r}: not a checkpoint folder (no trainer_state.json)")
-        return path
+        return [path]
+
+    def resolve(self, resume) -> Path | None:
+        """The newest candidate of :meth:`candidates` (``None``: fresh start)."""
+        found = self.candidates(resume)
+        return found[0] if found else None
+
+    def clean(self) -> list[str]:
+        """Main process: remove what a kill can leave behind (``.tmp-step_*`` from a save,
+        ``.old-step_*`` from pruning, ``step_*`` folders missing their trainer state). Returns the names."""
+        removed = []
+        if not (self.is_main and self.root.is_dir()):
+            return removed
+        for p in sorted(self.root.iterdir()):
+            leftover = p.name.startswith((".tmp-step_", ".old-step_"))
+            incomplete = STEP_DIR.match(p.name) and p.is_dir() and not (p / "trainer_state.json").is_file()
+            if p.is_dir() and (leftover or incomplete):
+                shutil.rmtree(p)
+                removed.append(p.name)
+        return removed
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename a damaged checkpoint to ``damaged-step_*`` (kept for inspection, never resumed)."""
+        target = path.with_name(f"damaged-{path.name}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(path, target)
+        return target
 
     # -- saving
     def save(self, step: int, *, models: dict[str, torch.nn.Module], optimizer, lr_scheduler,
-             ema: dict | None = None, trainer_state: dict | None = None, scaler=None) -> Path:
+             ema: dict | None = None, trainer_state: dict | None = None, scaler=None,
+             rank_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        """``rank_tensors``: extra per-process state (e.g. a task's own generators), stored with the
+        process's RNG state and returned by :meth:`load` as ``state["rank_tensors"]``."""
         final = self.root / f"step_{step:06d}"
         tmp = self.root / f".tmp-step_{step:06d}"
         if self.is_main:
@@ -146,6 +191,7 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         self.barrier()
         tensors, meta = rng_state()
+        tensors.update({f"task.{k}": v for k, v in (rank_tensors or {}).items()})
         save_tensors(tensors, tmp / f"rng_rank{self.rank}.safetensors")
         _write_json(tmp / f"rng_rank{self.rank}.json", meta)
         if self.is_main:
@@ -166,7 +212,9 @@ class CheckpointManager:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             for old in self.list()[: -self.keep_last]:
-                shutil.rmtree(old)
+                doomed = old.with_name(f".old-{old.name}")
+                os.replace(old, doomed)  # atomic: resume never sees a half-deleted step_* folder
+                shutil.rmtree(doomed)
         self.barrier()
         return final
 
@@ -180,35 +228,61 @@ class CheckpointManager:
                 raise FileNotFoundError(f"checkpoint {str(path)!r} has no {file.name}")
             model.load_state_dict(load_file(str(file)))
 
-    def load(self, path: str | os.PathLike, *, models, optimizer, lr_scheduler, ema: dict | None = None,
-             scaler=None) -> dict:
-        """Restore everything saved by :meth:`save`; returns the trainer state (``step`` etc.).
+    def read(self, path: str | os.PathLike, model_names, ema_names=()) -> dict:
+        """Read every file this process needs from a checkpoint into memory, without touching any
+        model: a damaged checkpoint raises :class:`CheckpointError` before anything is changed."""
+        path = Path(path)
+        out = {"path": path, "models": {}, "ema": {}}
+        try:
+            for name in model_names:
+                out["models"][name] = load_file(str(path / f"model_{name}.safetensors"))
+            for name in ema_names:
+                file = path / f"ema_{name}.safetensors"
+                out["ema"][name] = load_file(str(file)) if file.is_file() else None
+            out["optimizer"] = optimizer_from_safe(load_file(str(path / "optimizer.safetensors")),
+                                                   json.loads((path / "optimizer.json").read_text()))
+            out["state"] = json.loads((path / "trainer_state.json").read_text())
+            rng_file = path / f"rng_rank{self.rank}.safetensors"
+            if not rng_file.is_file():
+                raise FileNotFoundError(f"no RNG state for process {self.rank} (was it saved with fewer processes?)")
+            out["rng"] = load_file(str(rng_file))
+            out["rng_meta"] = json.loads((path / f"rng_rank{self.rank}.json").read_text())
+        except Exception as err:  # safetensors, json and OS errors of every kind: the folder is damaged
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {type(err).__name__}: {err}") from err
+        return out
+
+    def apply(self, data: dict, *, models, optimizer, lr_scheduler, ema: dict | None = None, scaler=None) -> dict:
+        """Restore what :meth:`read` returned; returns the trainer state (``step`` etc.).
 
         EMA turned on for a run whose checkpoint has none starts its average from the checkpoint's
         weights (with a warning)."""
-        path = Path(path)
-        self.load_models(path, models)
+        path = data["path"]
+        for name, model in models.items():
+            model.load_state_dict(data["models"][name])
         for name, shadow in (ema or {}).items():
-            file = path / f"ema_{name}.safetensors"
-            if file.is_file():
-                shadow.load_state_dict(load_file(str(file)))
+            saved = data["ema"].get(name)
+            if saved is not None:
+                shadow.load_state_dict(saved)
             else:
-                warnings.warn(f"checkpoint {str(path)!r} has no {file.name} (EMA was off): "
+                warnings.warn(f"checkpoint {str(path)!r} has no ema_{name}.safetensors (EMA was off): "
                               f"the EMA of {name!r} starts from the checkpoint's weights")
                 shadow.reset(models[name])
-        opt_meta = json.loads((path / "optimizer.json").read_text())
-        optimizer.load_state_dict(optimizer_from_safe(load_file(str(path / "optimizer.safetensors")), opt_meta))
-        state = json.loads((path / "trainer_state.json").read_text())
+        optimizer.load_state_dict(data["optimizer"])
+        state = data["state"]
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
-        rng_file = path / f"rng_rank{self.rank}.safetensors"
-        if not rng_file.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {str(path)!r} has no RNG state for process {self.rank} "
-                "(was it saved with fewer processes?)")
-        set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng_rank{self.rank}.json").read_text()))
+        rng = dict(data["rng"])
+        state["rank_tensors"] = {k[len("task."):]: rng.pop(k) for k in list(rng) if k.startswith("task.")}
+        set_rng_state(rng, data["rng_meta"])
         return state
+
+    def load(self, path: str | os.PathLike, *, models, optimizer, lr_scheduler, ema: dict | None = None,
+             scaler=None) -> dict:
+        """Restore everything saved by :meth:`save`; returns the trainer state (``step`` etc.)."""
+        data = self.read(path, list(models), list(ema or {}))
+        return self.apply(data, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema,
+                          scaler=scaler)
 
 
 def _jsonable(obj):

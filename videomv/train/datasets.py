@@ -150,14 +150,19 @@ class LatentCache(Dataset):
     """Multi-view items with the frozen VAE's posterior (mean, std) in place of the images.
 
     Encoding every view once (instead of every step) makes toy training several times cheaper.
-    Stored in one safetensors file (fp16 mean/std, fp32 cameras; captions and object ids in its
-    metadata), keyed by a hash of the VAE weights and the dataset settings, so a changed VAE or
-    dataset is never served stale latents. Latents are in VAE units (not yet scaled).
+    Stored in one safetensors file (fp16 mean/std, fp32 cameras; captions, object ids and the items
+    left out in its metadata), keyed by a hash of the VAE weights and the dataset settings, so a
+    changed VAE or dataset is never served stale latents. Latents are in VAE units (not yet scaled),
+    held contiguous whether just encoded or read back.
+
+    An item the dataset cannot read (``load`` raises ``ItemError``) is left out and listed in
+    ``skipped`` as ``(object id, reason)``; no other item takes its place.
     """
 
     def __init__(self, dataset, vae, path: Path, key: str, device="cpu", chunk: int = 96):
         path = Path(path)
         self.path = path
+        self.skipped: list[tuple[str, str]] = []
         if path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -171,22 +176,40 @@ class LatentCache(Dataset):
         self.cameras = f.get_tensor("cameras")
         self.captions = json.loads(meta["captions"])
         self.object_ids = json.loads(meta["object_ids"])
+        self.skipped = [tuple(x) for x in json.loads(meta.get("skipped", "[]"))]
+
+    @staticmethod
+    def _read(dataset, index: int) -> dict:
+        """The item itself (``dataset.load``), never a neighbour standing in for it."""
+        return dataset.load(index) if hasattr(dataset, "load") else dataset[index]
 
     @torch.no_grad()
     def _build(self, dataset, vae, key: str, device, chunk: int) -> None:
+        from videomv.data.common import ItemError
+
         means, stds, cameras, captions, ids = [], [], [], [], []
         for i in tqdm(range(len(dataset)), desc="caching latents", unit="obj"):
-            item = dataset[i]
+            try:
+                item = self._read(dataset, i)
+            except ItemError as err:
+                item_id = dataset.item_id(i) if hasattr(dataset, "item_id") else str(i)
+                self.skipped.append((item_id, str(err)))
+                continue
             parts = [vae.encode(x.to(device, vae.dtype)).latent_dist for x in item["images"].split(chunk)]
-            means.append(torch.cat([p.mean for p in parts]).half().cpu())
-            stds.append(torch.cat([p.std for p in parts]).half().cpu())
+            means.append(torch.cat([p.mean for p in parts]).half().cpu().contiguous())
+            stds.append(torch.cat([p.std for p in parts]).half().cpu().contiguous())
             cameras.append(item["cameras"].float())
             captions.append(item["caption"])
             ids.append(item["object_id"])
-        self.mean, self.std, self.cameras = torch.stack(means), torch.stack(stds), torch.stack(cameras)
+        if not means:
+            raise RuntimeError(f"latent cache: none of the {len(dataset)} items could be read: {self.skipped[:3]}")
+        self.mean = torch.stack(means).contiguous()
+        self.std = torch.stack(stds).contiguous()
+        self.cameras = torch.stack(cameras).contiguous()
         self.captions, self.object_ids = captions, ids
-        tensors = {"mean": self.mean.contiguous(), "std": self.std.contiguous(), "cameras": self.cameras.contiguous()}
-        metadata = {"key": key, "captions": json.dumps(captions), "object_ids": json.dumps(ids)}
+        tensors = {"mean": self.mean, "std": self.std, "cameras": self.cameras}
+        metadata = {"key": key, "captions": json.dumps(captions), "object_ids": json.dumps(ids),
+                    "skipped": json.dumps(self.skipped)}
         atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""Diffusion training objective: the training noise schedule, noising, targets, min-SNR weights."""
+"""Diffusion training schedule: the noise scheduler, noise, targets, SNR (the loss is in ``losses``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def build_noise_scheduler(preset: str | None = "t2v_eps", **overrides) -> DDPMSc
     kwargs = _sampling_config(preset) if preset else {}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return DDPMScheduler(**kwargs)
+
+
+def randn_as(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise of ``x``'s shape, dtype and device, drawn in logical (row-major) order.
+
+    ``torch.randn_like`` follows the memory layout of ``x``, so the same tensor held channels-last
+    (as a VAE may return it) or contiguous (as read back from disk) gets different noise; a resumed
+    run would then diverge from the uninterrupted one."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
@@ -66,21 +75,3 @@ def warn_min_snr_high_noise(scheduler: DDPMScheduler, min_snr_gamma: float | Non
     warnings.warn(message, stacklevel=2)
     return message
 
-
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, timesteps: torch.Tensor,
-                   min_snr_gamma: float | None = None) -> torch.Tensor:
-    """Mean-squared error, optionally weighted per sample with min-SNR-γ (Hang et al. 2023).
-
-    Weight for eps-prediction: min(SNR, γ)/SNR; for v-prediction: min(SNR, γ)/(SNR + 1).
-    With a zero-terminal-SNR schedule SNR(T)=0; weights there use the v form, which stays finite.
-    """
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-    if not min_snr_gamma:
-        return per_sample.mean()
-    s = snr(scheduler, timesteps)
-    clipped = torch.minimum(s, torch.full_like(s, float(min_snr_gamma)))
-    if scheduler.config.prediction_type == "v_prediction":
-        weight = clipped / (s + 1.0)
-    else:
-        weight = clipped / s.clamp_min(1e-8)
-    return (weight * per_sample).mean()

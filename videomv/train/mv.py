@@ -21,8 +21,10 @@ from videomv.models.latents import vae_encode
 
 from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
                        read_prompts, resolve_path, take_views, view_window)
-from .diffusion import build_noise_scheduler, diffusion_loss, diffusion_target, warn_min_snr_high_noise
+from .diffusion import build_noise_scheduler, diffusion_target, randn_as, warn_min_snr_high_noise
 from .engine import Task
+from .losses import diffusion_loss
+from .schema import MultiViewConfig
 
 
 def _plain(node) -> dict:
@@ -41,8 +43,8 @@ def local_or_hub(value: str, subfolder: str | None, key: str) -> str:
     if str(value).count("/") == 1 and not str(value).startswith((".", "/", "~")):
         return str(value)  # hub id; loading needs the weights in the local hub cache or network access
     raise FileNotFoundError(
-        f"{key}: {str(path)!r} does not exist (for the toy configs train the VAE first: "
-        "python scripts/train_vae.py --config configs/toy_vae.yaml)")
+        f"{key}: {str(path)!r} does not exist (the toy configs use data/embedded/t2mv/vae; "
+        "python scripts/train_vae.py --config configs/toy_vae.yaml trains one into runs/toy_vae/vae)")
 
 
 def load_vae(vae_cfg: DictConfig) -> AutoencoderKL:
@@ -103,6 +105,8 @@ def build_image_conditioner(image_cfg: DictConfig, vae: AutoencoderKL):
 
 class MultiViewTask(Task):
     """Text → multi-view (``model.kind: t2mv``) or image → multi-view (``model.kind: i2mv``)."""
+
+    schema = MultiViewConfig
 
     def __init__(self, cfg: DictConfig, accelerator):
         self.cfg, self.accelerator = cfg, accelerator
@@ -180,14 +184,14 @@ class MultiViewTask(Task):
             batch = take_views(batch, view_window(num_views, int(window)))
         if "latent_mean" in batch:  # cached posterior: sample it here, (B, F, C, h, w) -> (B, C, F, h, w)
             mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
-            latents = ((mean + std * torch.randn_like(mean)) * self.scaling_factor).permute(0, 2, 1, 3, 4)
+            latents = ((mean + std * randn_as(mean)) * self.scaling_factor).permute(0, 2, 1, 3, 4)
             images = None
         else:
             images = batch["images"]
             with torch.no_grad():
                 latents = vae_encode(self.vae, images, self.scaling_factor).float()
         bsz = latents.shape[0]
-        noise = torch.randn_like(latents)
+        noise = randn_as(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)

@@ -14,18 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from videomv.data.common import parse_background
 from videomv.defaults import IMAGE
 from videomv.models.denoise import MultiViewCondition, denoise
 
-from .datasets import build_multiview_dataset, make_stream, resolve_path
-from .engine import Task
 from videomv.models.latents import vae_decode, vae_encode
 
+from .datasets import build_multiview_dataset, make_stream, resolve_path
+from .engine import Task
+from .losses import load_perceptual, photometric_loss, psnr
 from .mv import save_grid
+from .schema import ReconConfig
 
 def choose_views(num_views: int, count: int, mode: str, generator: torch.Generator) -> list[int]:
     """`count` view indices: "orthogonal" (evenly spread from view 0) or "random" (distinct, random)."""
@@ -39,6 +40,11 @@ def choose_views(num_views: int, count: int, mode: str, generator: torch.Generat
 
 
 class ReconstructorTask(Task):
+    """The task's own generator ``rng`` (input views, supervised views, t and noise; one stream per
+    process) is saved with each checkpoint, so a resumed run draws what the uninterrupted one would."""
+
+    schema = ReconConfig
+
     def __init__(self, cfg: DictConfig, accelerator):
         from videomv.recon import Reconstructor
 
@@ -60,14 +66,10 @@ class ReconstructorTask(Task):
         self.lpips_weight = float(cfg.loss.get("lpips", 0.0))
         self.lpips = None
         if self.lpips_weight > 0:
-            from videomv.eval.perceptual import MetricUnavailable, load_lpips
-
             try:
-                self.lpips = load_lpips(cfg.loss.get("lpips_net", "vgg"), weights_dir=cfg.loss.get("lpips_weights"),
-                                        device=device)
-            except MetricUnavailable as err:
-                raise ValueError(f"loss.lpips = {self.lpips_weight} needs real LPIPS weights: {err}. "
-                                 "Set loss.lpips=0 to train without it.") from None
+                self.lpips = load_perceptual(cfg.loss.get("lpips_net", "vgg"), cfg.loss.get("lpips_weights"), device)
+            except ValueError as err:
+                raise ValueError(f"loss.lpips = {self.lpips_weight} {err}. Set loss.lpips=0 to train without it.") from None
         else:
             accelerator.print("LPIPS term off (loss.lpips = 0): training with MSE(rgb) + MSE(alpha) only")
         with accelerator.main_process_first():
@@ -93,6 +95,13 @@ class ReconstructorTask(Task):
 
     def trainable_models(self):
         return {"reconstructor": self.model}
+
+    def rng_state(self):
+        return {"rng": self.rng.get_state()}
+
+    def load_rng_state(self, tensors):
+        if "rng" in tensors:
+            self.rng.set_state(tensors["rng"])
 
     def make_batches(self, rank, world):
         dl = self.cfg.dataloader
@@ -147,28 +156,22 @@ class ReconstructorTask(Task):
         gaussians = recon.reconstruct(inputs, cameras[:, views_in], fovy=fovy)
 
         supervise = cfg.loss.get("views", "all")
-        rgb_loss = alpha_loss = lpips_loss = 0.0
         h, w = target.shape[-2:]
+        terms = {}
         for i, g in enumerate(gaussians):
             idx = list(range(num_views)) if supervise == "all" else \
                 torch.randperm(num_views, generator=self.rng)[: int(supervise)].tolist()
             out = render(g, cameras[i, idx], fovy, h, w, self.background)
-            rgb_loss = rgb_loss + F.mse_loss(out["rgb"], target[i, idx])
-            alpha_loss = alpha_loss + F.mse_loss(out["alpha"], alphas[i, idx])
-            if self.lpips is not None:
-                lpips_loss = lpips_loss + self.lpips(out["rgb"], target[i, idx]).mean()
-        n = len(gaussians)
-        loss = (rgb_loss + float(cfg.loss.get("alpha", 1.0)) * alpha_loss + self.lpips_weight * lpips_loss) / n
-        logs = {"mse_rgb": float(rgb_loss.detach()) / n, "mse_alpha": float(alpha_loss.detach()) / n}
-        if self.lpips is not None:
-            logs["lpips"] = float(lpips_loss.detach()) / n
-        return loss, logs
+            for k, v in photometric_loss(out["rgb"], out["alpha"], target[i, idx], alphas[i, idx], self.lpips).items():
+                terms[k] = terms.get(k, 0.0) + v / len(gaussians)
+        loss = terms["mse_rgb"] + float(cfg.loss.get("alpha", 1.0)) * terms["mse_alpha"] + \
+            self.lpips_weight * terms.get("lpips", 0.0)
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
 
     @torch.no_grad()
     def validate(self, step, out_dir: Path, models):
         """Held-out objects: PSNR of renders at all views from the 4 orthogonal ground-truth views,
         and a grid (rows: truth, render) of the first object."""
-        from videomv.eval.metrics import psnr
         from videomv.gaussians import render
 
         if self.val_dataset is None:
@@ -185,7 +188,7 @@ class ReconstructorTask(Task):
             g = recon.reconstruct(target[None, views_in].to(self.accelerator.device),
                                   cams[None, views_in].to(self.accelerator.device), fovy=float(item["fovy"]))[0]
             rgb = render(g, cams.to(g.device), float(item["fovy"]), *target.shape[-2:], self.background)["rgb"].cpu()
-            scores.append(float(psnr(rgb.clamp(0, 1), target).mean()))
+            scores.append(sum(psnr(r, t) for r, t in zip(rgb, target)) / len(rgb))
             if grid is None:
                 grid = torch.stack([target[::3], rgb.clamp(0, 1)[::3]])
         if grid is not None:

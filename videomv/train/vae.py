@@ -12,7 +12,6 @@ model config, and the model is saved with ``save_pretrained`` (safetensors) to `
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -26,17 +25,8 @@ from videomv.io import atomic_directory
 from .config import resolve_path
 from .datasets import build_multiview_dataset, make_stream
 from .engine import Task
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1]."""
-    mse = F.mse_loss(a.float().clamp(0, 1), b.float().clamp(0, 1)).item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
-def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over all latent elements."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+from .losses import kl_divergence, psnr
+from .schema import VAEConfig
 
 
 @torch.no_grad()
@@ -70,6 +60,8 @@ class Autoencode(torch.nn.Module):
 
 
 class VAETask(Task):
+    schema = VAEConfig
+
     def __init__(self, cfg: DictConfig, accelerator):
         self.cfg, self.accelerator = cfg, accelerator
         path = resolve_path(cfg.vae.get("path"))

@@ -1,0 +1,66 @@
+"""Training objectives, one function each: the diffusion loss (optionally min-SNR-γ weighted),
+the VAE's KL term, the reconstructor's photometric loss, and the PSNR the trainers report.
+
+The LPIPS network is a perceptual metric shared with evaluation; :func:`load_perceptual` is the one
+place training reaches it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from .diffusion import snr
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, timesteps: torch.Tensor,
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
+    """Mean-squared error, optionally weighted per sample with min-SNR-γ (Hang et al. 2023).
+
+    Weight for eps-prediction: min(SNR, γ)/SNR; for v-prediction: min(SNR, γ)/(SNR + 1).
+    With a zero-terminal-SNR schedule SNR(T)=0; weights there use the v form, which stays finite.
+    """
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    if not min_snr_gamma:
+        return per_sample.mean()
+    s = snr(scheduler, timesteps)
+    clipped = torch.minimum(s, torch.full_like(s, float(min_snr_gamma)))
+    if scheduler.config.prediction_type == "v_prediction":
+        weight = clipped / (s + 1.0)
+    else:
+        weight = clipped / s.clamp_min(1e-8)
+    return (weight * per_sample).mean()
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over all latent elements."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+def photometric_loss(rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor,
+                     perceptual=None) -> dict[str, torch.Tensor]:
+    """Renders (V, 3, H, W) and alphas (V, 1, H, W) against targets: ``mse_rgb``, ``mse_alpha`` and,
+    with a perceptual network (e.g. LPIPS), ``lpips`` (mean over views)."""
+    out = {"mse_rgb": F.mse_loss(rgb, target_rgb), "mse_alpha": F.mse_loss(alpha, target_alpha)}
+    if perceptual is not None:
+        out["lpips"] = perceptual(rgb, target_rgb).mean()
+    return out
+
+
+def load_perceptual(net: str = "vgg", weights_dir=None, device="cpu"):
+    """LPIPS with real weights, or ``ValueError`` saying what is missing (never random weights)."""
+    from videomv.eval.perceptual import MetricUnavailable, load_lpips
+
+    try:
+        return load_lpips(net, weights_dir=weights_dir, device=device)
+    except MetricUnavailable as err:
+        raise ValueError(f"needs real LPIPS weights: {err}") from None
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] (mean squared error over all of them)."""
+    mse = F.mse_loss(a.float().clamp(0, 1), b.float().clamp(0, 1)).item()
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
