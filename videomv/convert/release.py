@@ -26,7 +26,7 @@ from ..io import atomic_directory
 from ..models.conditioning import bundled_clip_tokenizer, uses_bundled_tokenizer
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
-from ..recon import Reconstructor, get_preset
+from ..recon import Reconstructor, get_preset, infer_preset
 from ..recon.checkpoint import IGNORED_PREFIXES, check_state_dict
 from .checkpoint import load_release_checkpoint
 from .keymap import check_against, convert_unet_state_dict
@@ -46,6 +46,7 @@ class ConversionReport:
     unet_keys: int
     unet_params: int
     reconstructor_keys: int
+    reconstructor_preset: str
     ignored_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -53,7 +54,7 @@ class ConversionReport:
         lines = [
             f"{self.checkpoint} (step {self.step}): task {self.task}",
             f"  UNet: {self.unet_keys} release keys -> camera UNet ({self.unet_params / 1e6:.1f}M parameters)",
-            f"  reconstructor: {self.reconstructor_keys} lgm_big.* keys -> reconstructor",
+            f"  reconstructor: {self.reconstructor_keys} lgm_big.* keys -> preset {self.reconstructor_preset!r}",
         ]
         if self.ignored_keys:
             lines.append(f"  left out (LGM training loss network): {len(self.ignored_keys)} lgm_big.lpips_loss.* keys")
@@ -93,21 +94,24 @@ def build_camera_unet(release_unet: dict[str, torch.Tensor], config: dict, task:
     return model.eval()
 
 
-def build_reconstructor(state: dict[str, torch.Tensor], source: str, preset: str = "big",
-                        **settings) -> tuple[Reconstructor, list[str]]:
-    """The reconstructor (LGM `big` in a release file) from the checkpoint's `lgm_big.*` weights;
-    returns it and the keys left out."""
+def build_reconstructor(state: dict[str, torch.Tensor], source: str, **settings) -> tuple[Reconstructor, str, list[str]]:
+    """The reconstructor from the checkpoint's `lgm_big.*` weights, with the preset whose shapes
+    they fit (`big` in every release file); returns it, the preset name and the keys left out."""
     if not state:
         raise ValueError(f"{source}: no lgm_big.* keys; a release checkpoint carries its LGM reconstructor")
     ignored = sorted(k for k in state if k.startswith(IGNORED_PREFIXES))
     weights = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    try:
+        preset = infer_preset(weights)
+    except ValueError as err:
+        raise ValueError(f"{source} (lgm_big.*): {err}") from None
     config = get_preset(preset, **settings)
     with torch.device("meta"):
         model = Reconstructor(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     check_state_dict(expected, weights, source=f"{source} (lgm_big.*)")
     model.load_state_dict({k: v.float() for k, v in weights.items()}, assign=True)
-    return model.eval(), [f"lgm_big.{k}" for k in ignored]
+    return model.eval(), preset, [f"lgm_big.{k}" for k in ignored]
 
 
 def release_text_encoder(base: str, task: str) -> tuple[CLIPTextModel, str | None]:
@@ -142,12 +146,11 @@ def load_tokenizer(base: str) -> CLIPTokenizer:
 
 
 def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Path, vae: str | None = None,
-                    vae_subfolder: str = "vae", reconstructor_preset: str = "big") -> ConversionReport:
+                    vae_subfolder: str = "vae") -> ConversionReport:
     """Write a VideoMV model folder at `out` from a release checkpoint and a diffusers base.
 
     `vae`: where the ModelScope-T2V VAE is read from (folder or hub id); default: the base for the
-    text task, ModelScope-T2V's hub id for the image task (the release's image model uses that VAE).
-    `reconstructor_preset`: the shape of the `lgm_big.*` weights (`big` in every release file)."""
+    text task, ModelScope-T2V's hub id for the image task (the release's image model uses that VAE)."""
     from ..sampling.pipeline import I2MVPipeline, T2MVPipeline
     from ..sampling.system import VideoMV
     from .settings import release_reconstructor_settings, release_scheduler, release_settings
@@ -159,8 +162,7 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
     notes = []
 
     unet = build_camera_unet(ckpt.unet, unet_config(base, task), task, source)
-    recon, ignored = build_reconstructor(ckpt.reconstructor, source, reconstructor_preset,
-                                         **release_reconstructor_settings())
+    recon, preset, ignored = build_reconstructor(ckpt.reconstructor, source, **release_reconstructor_settings())
 
     vae_source = vae or (base if task == "text" else MODELSCOPE_T2V)
     vae_model = AutoencoderKL.from_pretrained(vae_source, subfolder=vae_subfolder)
@@ -189,5 +191,6 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
     return ConversionReport(
         task=task, checkpoint=str(checkpoint), step=ckpt.step, unet_keys=len(ckpt.unet),
         unet_params=sum(p.numel() for p in unet.parameters()), reconstructor_keys=len(ckpt.reconstructor),
+        reconstructor_preset=preset,
         ignored_keys=ignored, notes=notes,
     )
