@@ -1,5 +1,7 @@
 """Camera-conditioned UNets and condition encoders, checked against diffusers' base models."""
 
+import copy
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, I2VGenXLUNet, UNet3DConditionModel
@@ -10,9 +12,11 @@ from videomv.models import CameraEmbedding, I2MVUNet, T2MVUNet
 from videomv.models.conditioning import (
     CLIP_VOCAB_SIZE,
     ImageConditioner,
+    ImageConditioning,
     TextConditioner,
     bundled_clip_tokenizer,
 )
+from videomv.models.denoise import MultiViewCondition, denoise
 
 from tiny_videomv import TINY_UNET as TINY
 
@@ -262,3 +266,70 @@ def test_image_conditioner_layout():
         conditioner.encode(images * 3, num_frames=5)
     with pytest.raises(ValueError, match="images"):
         conditioner.encode(images[:, :2], num_frames=5)
+
+
+# -- the conditioning layer ------------------------------------------------------------------------
+
+
+def _mask():
+    return torch.tensor([1.0, 0.0])
+
+
+def test_denoise_text_condition_is_the_hand_written_unet_call(t2mv):
+    ours = copy.deepcopy(t2mv[1])
+    _nonzero_camera_branch(ours)
+    x = _inputs(seed=4)
+    t = torch.tensor([7, 500])
+    with torch.no_grad():
+        expected = ours(x["sample"], t, encoder_hidden_states=x["text"], cameras=x["cameras"],
+                        camera_mask=_mask()).sample
+        got = denoise(ours, x["sample"], t, MultiViewCondition(x["text"], x["cameras"], _mask()))
+    assert torch.equal(got, expected)
+
+
+def test_denoise_image_condition_is_the_hand_written_unet_call(i2mv):
+    _, ours = i2mv
+    x = _inputs(seed=5)
+    fps = torch.tensor([8, 16])
+    with torch.no_grad():
+        expected = ours(x["sample"], 7, fps=fps, image_latents=x["image_latents"],
+                        image_embeddings=x["image_embeddings"], encoder_hidden_states=x["text"],
+                        cameras=x["cameras"]).sample
+        condition = MultiViewCondition(x["text"], x["cameras"], fps=fps,
+                                       image=ImageConditioning(x["image_embeddings"], x["image_latents"]))
+        got = denoise(ours, x["sample"], 7, condition)
+    assert torch.equal(got, expected)
+
+
+def test_guidance_pair_stacks_unconditional_then_conditional():
+    x = _inputs(seed=6)
+    negative = torch.randn_like(x["text"])
+    image = ImageConditioning(x["image_embeddings"], x["image_latents"])
+    pair = MultiViewCondition(x["text"], x["cameras"], image=image, fps=16).with_unconditional(negative)
+    assert torch.equal(pair.text, torch.cat([negative, x["text"]]))
+    assert torch.equal(pair.cameras, torch.cat([x["cameras"], x["cameras"]]))
+    # as I2VGenXLPipeline: a zero CLIP embedding, the same image latents and fps
+    assert torch.equal(pair.image.image_embeddings, torch.cat([torch.zeros_like(x["image_embeddings"]),
+                                                               x["image_embeddings"]]))
+    assert torch.equal(pair.image.image_latents, torch.cat([x["image_latents"], x["image_latents"]]))
+    assert pair.fps == 16 and pair.camera_mask is None
+    mixed = MultiViewCondition.cat([MultiViewCondition(x["text"], image=image, fps=8),
+                                    MultiViewCondition(x["text"], image=image, fps=torch.tensor([16, 24]))])
+    assert mixed.fps.tolist() == [8, 8, 16, 24] and mixed.cameras is None
+
+
+def test_conditioning_layer_rejects_mismatched_inputs(t2mv, i2mv):
+    x = _inputs()
+    image = ImageConditioning(x["image_embeddings"], x["image_latents"])
+    with pytest.raises(ValueError, match="image and fps"):
+        MultiViewCondition(x["text"], image=image)
+    with pytest.raises(ValueError, match="text"):
+        MultiViewCondition(x["text"][0])
+    with pytest.raises(ValueError, match="cameras is given for some"):
+        MultiViewCondition.cat([MultiViewCondition(x["text"], x["cameras"]), MultiViewCondition(x["text"])])
+    with pytest.raises(ValueError, match="batch size 1"):
+        denoise(t2mv[1], x["sample"], 7, MultiViewCondition(x["text"][:1]))
+    with pytest.raises(ValueError, match="T2MVUNet needs a text condition"):
+        denoise(t2mv[1], x["sample"], 7, MultiViewCondition(x["text"], image=image, fps=8))
+    with pytest.raises(ValueError, match="I2MVUNet needs an image condition"):
+        denoise(i2mv[1], x["sample"], 7, MultiViewCondition(x["text"]))

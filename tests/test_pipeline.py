@@ -225,3 +225,31 @@ def test_i2mv_matches_diffusers_i2vgen_xl():
     torch.testing.assert_close(out.latents, ref_latents, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="image"):
         ours(image[:2], num_inference_steps=1, progress=False)
+
+
+def test_release_defaults_are_the_papers_and_reach_pipelines_and_settings():
+    import inspect
+    from dataclasses import asdict
+
+    from videomv.defaults import IMAGE, TEXT, release_defaults
+    from videomv.sampling.aware import aware_step_indices
+    from videomv.sampling.system import VideoMVSettings
+
+    # the official release (DESIGN.md): orbits 15 deg / 2.0 and 5 deg / 1.7, guidance 9 and 6,
+    # grey 128 and white backgrounds, 24 views, 50 DDIM steps, fps 16, 3D-aware at steps 20, 30, 40
+    assert (TEXT.elevation, TEXT.radius, TEXT.guidance_scale, TEXT.background) == (15.0, 2.0, 9.0, (128 / 255,) * 3)
+    assert (IMAGE.elevation, IMAGE.radius, IMAGE.guidance_scale, IMAGE.background) == (5.0, 1.7, 6.0, (1.0,) * 3)
+    assert (TEXT.num_views, TEXT.num_inference_steps, IMAGE.fps) == (24, 50, 16)
+    assert aware_step_indices(TEXT.num_inference_steps) == [20, 30, 40]
+    for cls, release in ((T2MVPipeline, TEXT), (I2MVPipeline, IMAGE)):
+        params = inspect.signature(cls.__call__).parameters
+        assert params["guidance_scale"].default == release.guidance_scale
+        assert params["num_inference_steps"].default == release.num_inference_steps
+        assert asdict(VideoMVSettings.for_task(release.task)) == asdict(release)
+    assert inspect.signature(I2MVPipeline.__call__).parameters["target_fps"].default == IMAGE.fps
+    assert asdict(VideoMVSettings()) == asdict(TEXT)
+    assert VideoMVSettings.for_task("image", guidance_scale=2.0).guidance_scale == 2.0
+    with pytest.raises(ValueError, match="task"):
+        release_defaults("video")
+    with pytest.raises(TypeError, match="unknown settings"):
+        VideoMVSettings.for_task("text", guidance=2.0)

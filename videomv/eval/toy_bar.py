@@ -17,6 +17,7 @@ import torch
 
 from videomv.data import toyworld
 from videomv.data.common import composite as data_composite
+from videomv.models.denoise import MultiViewCondition, denoise
 
 from .geometry_eval import toy_object_for
 from .metrics import psnr
@@ -152,7 +153,7 @@ def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed
             noisy = scheduler.add_noise(z, noise, step)
             target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, step)
             for k, context in contexts.items():
-                pred = unet(noisy, step, encoder_hidden_states=context[i : i + 1], cameras=cameras[i]).sample
+                pred = denoise(unet, noisy, step, MultiViewCondition(context[i : i + 1], cameras[i]))
                 row[k] += float((pred.float() - target.float()).pow(2).mean()) / len(latents)
         result[t] = row
     return result

@@ -11,8 +11,7 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 from diffusers.models.unets.unet_i2vgen_xl import I2VGenXLUNet
 
-from .camera_embedding import CameraConditionedMixin, CameraEmbedding
-from .t2mv_unet import timestep_batch
+from .camera_unet import CameraConditionedMixin, timestep_batch
 
 
 class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
@@ -66,14 +65,7 @@ class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
             attention_head_dim=attention_head_dim,
             num_attention_heads=num_attention_heads,
         )
-        time_embed_dim = block_out_channels[0] * 4
-        if camera_embed_dim is not None and camera_embed_dim != time_embed_dim:
-            raise ValueError(
-                f"camera_embed_dim must equal the time-embedding width 4 * block_out_channels[0] = {time_embed_dim}, "
-                f"got {camera_embed_dim}"
-            )
-        self.camera_embedding = CameraEmbedding(camera_dim, time_embed_dim)
-        self.gradient_checkpointing = False
+        self.init_camera_branch(camera_dim, camera_embed_dim, block_out_channels[0] * 4)
 
     def context_embeddings(self, encoder_hidden_states, image_latents, image_embeddings) -> torch.Tensor:
         """Cross-attention context per sample: text tokens, tokens from the first image latent, and
@@ -114,63 +106,16 @@ class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
         image_latents: (B, C, F, H, W) as `I2VGenXLPipeline` prepares them; image_embeddings: (B, 1, D)
         CLIP image embeddings; fps: (B,) or a number. cameras / camera_mask as in `T2MVUNet.forward`.
         """
-        batch_size, _, num_frames, height, width = sample.shape
-        forward_upsample_size = any(s % 2**self.num_upsamplers != 0 for s in sample.shape[-2:])
-        upsample_size = None
-
-        # 1. time + fps embedding, repeated per frame, plus the per-frame camera embedding
-        timesteps = timestep_batch(timestep, batch_size, sample.device)
-        t_emb = self.time_embedding(self.time_proj(timesteps).to(dtype=self.dtype), timestep_cond)
+        batch_size, num_frames = sample.shape[0], sample.shape[2]
+        t_emb = self.time_embedding_of(timestep, batch_size, sample.device, timestep_cond)
         fps = timestep_batch(fps, batch_size, sample.device)
         fps_emb = self.fps_embedding(self.time_proj(fps).to(dtype=self.dtype))
-        emb = (t_emb + fps_emb).repeat_interleave(num_frames, dim=0, output_size=batch_size * num_frames)
-        emb = self.add_camera_embedding(emb, cameras, camera_mask, batch_size, num_frames)
+        emb = self.frame_embeddings(t_emb + fps_emb, cameras, camera_mask, batch_size, num_frames)
 
-        # 2. cross-attention context and the image-latent channels
         context = self.context_embeddings(encoder_hidden_states, image_latents, image_embeddings)
         context = context.repeat_interleave(num_frames, dim=0, output_size=context.shape[0] * num_frames)
         sample = torch.cat([sample, self.image_latent_features(image_latents)], dim=1)
-
-        # 3. frames as batch: (B, 2C, F, H, W) -> (B * F, 2C, H, W)
-        sample = sample.permute(0, 2, 1, 3, 4).reshape((batch_size * num_frames, -1, height, width))
-        sample = self.conv_in(sample)
-        sample = self.transformer_in(
-            sample, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
-        )[0]
-
-        # 4. down
-        down_block_res_samples = (sample,)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                sample, res_samples = self.run_block(
-                    block, sample, emb, context, None, num_frames, cross_attention_kwargs
-                )
-            else:
-                sample, res_samples = self.run_block(block, sample, emb, num_frames)
-            down_block_res_samples += res_samples
-
-        # 5. mid
-        if self.mid_block is not None:
-            sample = self.run_block(self.mid_block, sample, emb, context, None, num_frames, cross_attention_kwargs)
-
-        # 6. up
-        for i, block in enumerate(self.up_blocks):
-            is_final_block = i == len(self.up_blocks) - 1
-            res_samples = down_block_res_samples[-len(block.resnets) :]
-            down_block_res_samples = down_block_res_samples[: -len(block.resnets)]
-            if not is_final_block and forward_upsample_size:
-                upsample_size = down_block_res_samples[-1].shape[2:]
-            if getattr(block, "has_cross_attention", False):
-                sample = self.run_block(
-                    block, sample, res_samples, emb, context, upsample_size, None, num_frames, cross_attention_kwargs
-                )
-            else:
-                sample = self.run_block(block, sample, res_samples, emb, upsample_size, num_frames)
-
-        # 7. post-process, back to (B, C, F, H, W)
-        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
-        sample = sample.reshape((batch_size, num_frames) + sample.shape[1:]).permute(0, 2, 1, 3, 4)
-
+        sample = self.camera_unet_body(sample, emb, context, None, cross_attention_kwargs)
         if not return_dict:
             return (sample,)
         return UNet3DConditionOutput(sample=sample)

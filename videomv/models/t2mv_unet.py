@@ -9,19 +9,8 @@ from diffusers.configuration_utils import register_to_config
 # ModelMixin in this module's namespace lets DiffusionPipeline.from_pretrained find the load method.
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel, UNet3DConditionOutput
-from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device
 
-from .camera_embedding import CameraConditionedMixin, CameraEmbedding
-
-
-def timestep_batch(timestep, batch_size: int, device) -> torch.Tensor:
-    """A timestep given as int/float/0-d/1-d tensor, broadcast to (batch_size,)."""
-    if not torch.is_tensor(timestep):
-        dtype = maybe_adjust_dtype_for_device(torch.float64 if isinstance(timestep, float) else torch.int64, device)
-        timestep = torch.tensor([timestep], dtype=dtype, device=device)
-    elif timestep.ndim == 0:
-        timestep = timestep[None].to(device)
-    return timestep.expand(batch_size)
+from .camera_unet import CameraConditionedMixin
 
 
 class T2MVUNet(CameraConditionedMixin, UNet3DConditionModel):
@@ -85,14 +74,7 @@ class T2MVUNet(CameraConditionedMixin, UNet3DConditionModel):
             num_attention_heads=num_attention_heads,
             time_cond_proj_dim=time_cond_proj_dim,
         )
-        time_embed_dim = block_out_channels[0] * 4
-        if camera_embed_dim is not None and camera_embed_dim != time_embed_dim:
-            raise ValueError(
-                f"camera_embed_dim must equal the time-embedding width 4 * block_out_channels[0] = {time_embed_dim}, "
-                f"got {camera_embed_dim}"
-            )
-        self.camera_embedding = CameraEmbedding(camera_dim, time_embed_dim)
-        self.gradient_checkpointing = False
+        self.init_camera_branch(camera_dim, camera_embed_dim, block_out_channels[0] * 4)
 
     def forward(
         self,
@@ -116,77 +98,17 @@ class T2MVUNet(CameraConditionedMixin, UNet3DConditionModel):
         Other arguments are those of `UNet3DConditionModel.forward`.
         """
         batch_size, num_frames = sample.shape[0], sample.shape[2]
-
-        # Sizes that are not a multiple of the total downsampling factor need explicit upsample sizes.
-        forward_upsample_size = any(s % 2**self.num_upsamplers != 0 for s in sample.shape[-2:])
-        upsample_size = None
-
         if attention_mask is not None:  # 1 = keep, 0 = discard -> additive bias
             attention_mask = (1 - attention_mask.to(sample.dtype)) * -10000.0
             attention_mask = attention_mask.unsqueeze(1)
 
-        # 1. time embedding, repeated per frame, plus the per-frame camera embedding
-        timesteps = timestep_batch(timestep, batch_size, sample.device)
-        t_emb = self.time_proj(timesteps).to(dtype=self.dtype)
-        emb = self.time_embedding(t_emb, timestep_cond)
-        emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch_size * num_frames)
-        emb = self.add_camera_embedding(emb, cameras, camera_mask, batch_size, num_frames)
-        encoder_hidden_states = encoder_hidden_states.repeat_interleave(
+        emb = self.time_embedding_of(timestep, batch_size, sample.device, timestep_cond)
+        emb = self.frame_embeddings(emb, cameras, camera_mask, batch_size, num_frames)
+        context = encoder_hidden_states.repeat_interleave(
             num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames
         )
-
-        # 2. frames as batch: (B, C, F, H, W) -> (B * F, C, H, W)
-        sample = sample.permute(0, 2, 1, 3, 4).reshape((batch_size * num_frames, -1) + sample.shape[3:])
-        sample = self.conv_in(sample)
-        sample = self.transformer_in(
-            sample, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
-        )[0]
-
-        # 3. down
-        down_block_res_samples = (sample,)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                sample, res_samples = self.run_block(
-                    block, sample, emb, encoder_hidden_states, attention_mask, num_frames, cross_attention_kwargs
-                )
-            else:
-                sample, res_samples = self.run_block(block, sample, emb, num_frames)
-            down_block_res_samples += res_samples
-
-        if down_block_additional_residuals is not None:
-            down_block_res_samples = tuple(
-                res + extra for res, extra in zip(down_block_res_samples, down_block_additional_residuals)
-            )
-
-        # 4. mid
-        if self.mid_block is not None:
-            sample = self.run_block(
-                self.mid_block, sample, emb, encoder_hidden_states, attention_mask, num_frames, cross_attention_kwargs
-            )
-        if mid_block_additional_residual is not None:
-            sample = sample + mid_block_additional_residual
-
-        # 5. up
-        for i, block in enumerate(self.up_blocks):
-            is_final_block = i == len(self.up_blocks) - 1
-            res_samples = down_block_res_samples[-len(block.resnets) :]
-            down_block_res_samples = down_block_res_samples[: -len(block.resnets)]
-            if not is_final_block and forward_upsample_size:
-                upsample_size = down_block_res_samples[-1].shape[2:]
-            if getattr(block, "has_cross_attention", False):
-                sample = self.run_block(
-                    block, sample, res_samples, emb, encoder_hidden_states, upsample_size, attention_mask,
-                    num_frames, cross_attention_kwargs,
-                )
-            else:
-                sample = self.run_block(block, sample, res_samples, emb, upsample_size, num_frames)
-
-        # 6. post-process, back to (B, C, F, H, W)
-        if self.conv_norm_out:
-            sample = self.conv_act(self.conv_norm_out(sample))
-        sample = self.conv_out(sample)
-        sample = sample.reshape((batch_size, num_frames) + sample.shape[1:]).permute(0, 2, 1, 3, 4)
-
+        sample = self.camera_unet_body(sample, emb, context, attention_mask, cross_attention_kwargs,
+                                       down_block_additional_residuals, mid_block_additional_residual)
         if not return_dict:
             return (sample,)
         return UNet3DConditionOutput(sample=sample)

@@ -14,18 +14,15 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..defaults import AWARE_EVERY_FRACTION, AWARE_START_FRACTION
 from ..gaussians import GaussianSet, render
 from ..geometry import check_c2w, orbit_angles, orbit_camera
-
-# The release: 50 DDIM steps, reconstruct at loop indices 20, 30, 40 (skip 40 %, then every 10).
-DEFAULT_START_FRACTION = 0.4
-DEFAULT_EVERY_FRACTION = 0.2
 
 
 def aware_step_indices(
     num_inference_steps: int,
-    start_fraction: float = DEFAULT_START_FRACTION,
-    every_fraction: float = DEFAULT_EVERY_FRACTION,
+    start_fraction: float = AWARE_START_FRACTION,
+    every_fraction: float = AWARE_EVERY_FRACTION,
 ) -> list[int]:
     """Loop indices where the reconstruction replaces z0: skip the first `start_fraction` of the
     steps, then every `every_fraction` of them (50 steps -> [20, 30, 40])."""

@@ -17,9 +17,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from ..defaults import IMAGE, TEXT
 from ..geometry import camera_vector, orbit_cameras
-from ..models.conditioning import (ImageConditioner, TextConditioner, bundled_clip_tokenizer,
+from ..models.conditioning import (ImageConditioner, ImageConditioning, TextConditioner, bundled_clip_tokenizer,
                                    uses_bundled_tokenizer)
+from ..models.denoise import MultiViewCondition, denoise
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
 from .ddim import Z0Hook, ddim_sample
@@ -80,19 +82,36 @@ class _MultiViewPipeline(DiffusionPipeline):
     def text_conditioner(self) -> TextConditioner:
         return TextConditioner(self.tokenizer, self.text_encoder)
 
-    def encode_prompt(self, prompt: list[str], negative_prompt, do_cfg: bool, clip_skip: int | None = None):
-        """Text embeddings, [uncond; cond] stacked when guidance is on."""
+    def prompt_embeddings(self, prompt: list[str], negative_prompt, do_cfg: bool, clip_skip: int | None = None):
+        """(prompt embeddings, negative-prompt embeddings or None when guidance is off)."""
         conditioner = self.text_conditioner
         cond = conditioner.encode(prompt, clip_skip)
         if not do_cfg:
-            return cond
+            return cond, None
         if negative_prompt is None:
             negative_prompt = [""] * len(prompt)
         elif isinstance(negative_prompt, str):
             negative_prompt = [negative_prompt] * len(prompt)
         if len(negative_prompt) != len(prompt):
             raise ValueError(f"negative_prompt: got {len(negative_prompt)} prompts for {len(prompt)} prompts")
-        return torch.cat([conditioner.encode(list(negative_prompt), clip_skip), cond])
+        return cond, conditioner.encode(list(negative_prompt), clip_skip)
+
+    def encode_prompt(self, prompt: list[str], negative_prompt, do_cfg: bool, clip_skip: int | None = None):
+        """Text embeddings, [uncond; cond] stacked when guidance is on."""
+        cond, uncond = self.prompt_embeddings(prompt, negative_prompt, do_cfg, clip_skip)
+        return cond if uncond is None else torch.cat([uncond, cond])
+
+    def sample(self, latents, condition: MultiViewCondition, negative_text, num_inference_steps, guidance_scale,
+               eta, generator, z0_hook, progress, cross_attention_kwargs) -> torch.Tensor:
+        """The DDIM loop under `condition`, with guidance against `negative_text` when it is given."""
+        if negative_text is not None:
+            condition = condition.with_unconditional(negative_text)
+
+        def denoiser(model_input, t):
+            return denoise(self.unet, model_input, t, condition, cross_attention_kwargs)
+
+        return ddim_sample(denoiser, latents, self.scheduler, num_inference_steps, guidance_scale, eta,
+                           generator, z0_hook, progress)
 
     def prepare_latents(self, batch_size, num_frames, height, width, dtype, generator, latents=None):
         shape = (batch_size, self.unet.config.in_channels, num_frames,
@@ -142,7 +161,7 @@ class _MultiViewPipeline(DiffusionPipeline):
 
 
 class T2MVPipeline(_MultiViewPipeline):
-    """Text -> 24 views (by default an orbit at elevation 15 degrees, radius 2.0)."""
+    """Text -> views (by default the release's text orbit, `videomv.defaults.TEXT`)."""
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: T2MVUNet, scheduler: DDIMScheduler):
@@ -154,8 +173,8 @@ class T2MVPipeline(_MultiViewPipeline):
         self,
         prompt: str | list[str],
         cameras: torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 9.0,
+        num_inference_steps: int = TEXT.num_inference_steps,
+        guidance_scale: float = TEXT.guidance_scale,
         negative_prompt: str | list[str] | None = None,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
@@ -169,31 +188,26 @@ class T2MVPipeline(_MultiViewPipeline):
         cross_attention_kwargs: dict | None = None,
         progress: bool = True,
     ) -> MultiViewPipelineOutput:
-        """Generate views; `cameras` set the views (default `orbit_cameras(24, 15, 2.0)`).
+        """Generate views; `cameras` set the views (default: the `TEXT` orbit, 24 views at 15 deg, radius 2.0).
         `z0_hook`: see `videomv.sampling.ddim`."""
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
         height, width = self.check_size(height, width)
-        cameras = prepare_cameras(cameras, len(prompt), orbit_cameras(24, elevation=15.0, radius=2.0))
+        cameras = prepare_cameras(cameras, len(prompt), orbit_cameras(TEXT.num_views, TEXT.elevation, TEXT.radius))
         generator = self.make_generator(generator, seed)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
-        text = self.encode_prompt(prompt, negative_prompt, do_cfg)
+        text, negative_text = self.prompt_embeddings(prompt, negative_prompt, do_cfg)
         cameras = cameras.to(device=device, dtype=text.dtype)
-        unet_cameras = torch.cat([cameras, cameras]) if do_cfg else cameras
+        condition = MultiViewCondition(text, cameras)
         latents = self.prepare_latents(len(prompt), cameras.shape[1], height, width, text.dtype, generator, latents)
-
-        def denoiser(model_input, t):
-            return self.unet(model_input, t, encoder_hidden_states=text, cameras=unet_cameras,
-                             cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-
-        latents = ddim_sample(denoiser, latents, self.scheduler, num_inference_steps, guidance_scale, eta,
-                              generator, z0_hook, progress)
+        latents = self.sample(latents, condition, negative_text, num_inference_steps, guidance_scale, eta, generator,
+                              z0_hook, progress, cross_attention_kwargs)
         return self.format_output(latents, output_type, decode_chunk_size)
 
 
 class I2MVPipeline(_MultiViewPipeline):
-    """Image -> 24 views (by default an orbit at elevation 5 degrees, radius 1.7), empty prompt.
+    """Image -> views (by default the release's image orbit, `videomv.defaults.IMAGE`), empty prompt.
 
     Conditioning as `I2VGenXLPipeline`: the unconditional branch has the negative prompt, a zero
     CLIP image embedding, and the same image latents and fps.
@@ -218,10 +232,10 @@ class I2MVPipeline(_MultiViewPipeline):
         image: torch.Tensor,
         prompt: str | list[str] = "",
         cameras: torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 6.0,
+        num_inference_steps: int = IMAGE.num_inference_steps,
+        guidance_scale: float = IMAGE.guidance_scale,
         negative_prompt: str | list[str] | None = None,
-        target_fps: int = 16,
+        target_fps: int = IMAGE.fps,
         clip_skip: int | None = 1,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
@@ -236,7 +250,7 @@ class I2MVPipeline(_MultiViewPipeline):
         progress: bool = True,
     ) -> MultiViewPipelineOutput:
         """Generate views of the object in `image` ((3, H, W) or (B, 3, H, W) in [0, 1]);
-        `cameras` default to `orbit_cameras(24, 5, 1.7)`; `clip_skip` = 1 takes the text encoder's
+        `cameras` default to the `IMAGE` orbit (24 views at 5 deg, radius 1.7); `clip_skip` = 1 takes the text encoder's
         penultimate layer, as `I2VGenXLPipeline`. `z0_hook`: see `videomv.sampling.ddim`."""
         if not torch.is_tensor(image) or image.ndim not in (3, 4):
             raise ValueError("image: expected a (3, H, W) or (B, 3, H, W) tensor with values in [0, 1]")
@@ -246,27 +260,20 @@ class I2MVPipeline(_MultiViewPipeline):
         if len(prompt) != batch_size:
             raise ValueError(f"prompt: got {len(prompt)} prompts for {batch_size} images")
         height, width = self.check_size(height, width)
-        cameras = prepare_cameras(cameras, batch_size, orbit_cameras(24, elevation=5.0, radius=1.7))
+        cameras = prepare_cameras(cameras, batch_size, orbit_cameras(IMAGE.num_views, IMAGE.elevation, IMAGE.radius))
         generator = self.make_generator(generator, seed)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
         num_frames = cameras.shape[1]
 
-        text = self.encode_prompt(prompt, negative_prompt, do_cfg, clip_skip)
-        condition = self.image_conditioner.encode(image.to(device), num_frames, height, width)
-        image_embeddings, image_latents = condition.image_embeddings, condition.image_latents.to(text.dtype)
-        fps = torch.full((batch_size,), target_fps, device=device)
-        cameras = cameras.to(device=device, dtype=text.dtype)
-        if do_cfg:
-            image_embeddings = torch.cat([torch.zeros_like(image_embeddings), image_embeddings])
-            image_latents, fps, cameras = (torch.cat([x, x]) for x in (image_latents, fps, cameras))
+        text, negative_text = self.prompt_embeddings(prompt, negative_prompt, do_cfg, clip_skip)
+        encoded = self.image_conditioner.encode(image.to(device), num_frames, height, width)
+        condition = MultiViewCondition(
+            text, cameras.to(device=device, dtype=text.dtype),
+            image=ImageConditioning(encoded.image_embeddings, encoded.image_latents.to(text.dtype)),
+            fps=torch.full((batch_size,), target_fps, device=device),
+        )
         latents = self.prepare_latents(batch_size, num_frames, height, width, text.dtype, generator, latents)
-
-        def denoiser(model_input, t):
-            return self.unet(model_input, t, fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
-                             encoder_hidden_states=text, cameras=cameras,
-                             cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-
-        latents = ddim_sample(denoiser, latents, self.scheduler, num_inference_steps, guidance_scale, eta,
-                              generator, z0_hook, progress)
+        latents = self.sample(latents, condition, negative_text, num_inference_steps, guidance_scale, eta, generator,
+                              z0_hook, progress, cross_attention_kwargs)
         return self.format_output(latents, output_type, decode_chunk_size)

@@ -10,11 +10,12 @@ Folder layout (a diffusers pipeline folder with two additions):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from ..defaults import TEXT, release_defaults
 from ..gaussians import GaussianSet
 from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
@@ -28,32 +29,31 @@ RECONSTRUCTOR_DIR = "reconstructor"
 
 @dataclass
 class VideoMVSettings:
-    """What a trained model needs besides its weights (defaults: the text model of the release)."""
+    """What a trained model needs besides its weights; the fields of `videomv.defaults.ReleaseDefaults`
+    (field defaults: the release's text model, `videomv.defaults.TEXT`)."""
 
-    task: str = "text"  # "text" | "image"
-    num_views: int = 24
-    elevation: float = 15.0
-    radius: float = 2.0
-    fovy: float = 49.1
-    background: tuple = (128 / 255,) * 3  # grey, as the training data is composited
-    guidance_scale: float = 9.0
-    num_inference_steps: int = 50
-    resolution: int = 256
-    fps: int = 16  # image model: the fps condition it was trained with
+    task: str = TEXT.task  # "text" | "image"
+    num_views: int = TEXT.num_views
+    elevation: float = TEXT.elevation
+    radius: float = TEXT.radius
+    fovy: float = TEXT.fovy
+    background: tuple = TEXT.background  # as the training data is composited
+    guidance_scale: float = TEXT.guidance_scale
+    num_inference_steps: int = TEXT.num_inference_steps
+    resolution: int = TEXT.resolution
+    fps: int = TEXT.fps  # image model: the fps condition it was trained with
 
     def __post_init__(self):
-        if self.task not in ("text", "image"):
-            raise ValueError(f"task must be 'text' or 'image', got {self.task!r}")
+        release_defaults(self.task)  # checks the task
         self.background = tuple(float(b) for b in self.background)
 
     @classmethod
     def for_task(cls, task: str, **overrides) -> "VideoMVSettings":
-        """Release defaults: text 15 deg / 2.0 / grey / guidance 9; image 5 deg / 1.7 / white / 6."""
-        if task == "image":
-            base = dict(task="image", elevation=5.0, radius=1.7, background=(1.0, 1.0, 1.0), guidance_scale=6.0)
-        else:
-            base = dict(task="text")
-        return cls(**{**base, **overrides})
+        """The release defaults of `task` (`videomv.defaults`), with `overrides` replacing some."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}; the settings are {[f.name for f in fields(cls)]}")
+        return cls(**{**asdict(release_defaults(task)), **overrides})
 
 
 @dataclass

@@ -13,7 +13,10 @@ import torch
 from diffusers import AutoencoderKL
 from omegaconf import DictConfig, OmegaConf
 
+from videomv.defaults import IMAGE, TEXT
 from videomv.io import atomic_directory, atomic_write
+from videomv.models.conditioning import ImageConditioning
+from videomv.models.denoise import MultiViewCondition, denoise
 from videomv.models.latents import vae_encode
 
 from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
@@ -204,8 +207,7 @@ class MultiViewTask(Task):
                     context = self.encode_prompts(prompts)
             else:
                 context = self.encode_prompts(prompts, text_model)
-            pred = models["unet"](noisy, timesteps, encoder_hidden_states=context, cameras=cameras,
-                                  camera_mask=camera_mask).sample
+            condition = MultiViewCondition(context, cameras, camera_mask)
         else:
             prompt = self.cfg.data.get("prompt", "")
             with torch.no_grad():
@@ -213,10 +215,11 @@ class MultiViewTask(Task):
                 # The condition is the first view of the orbit, given in [0, 1].
                 first = ((images[:, 0].float() + 1) / 2).clamp(0, 1).to(device)
                 cond = self.image_conditioner.encode(first, num_frames=latents.shape[2])
-            pred = models["unet"](noisy, timesteps, fps=int(self.cfg.model.get("fps", 16)),
-                                  image_latents=cond.image_latents.float(),
-                                  image_embeddings=cond.image_embeddings.float(),
-                                  encoder_hidden_states=context, cameras=cameras, camera_mask=camera_mask).sample
+            condition = MultiViewCondition(
+                context, cameras, camera_mask, fps=int(self.cfg.model.get("fps", IMAGE.fps)),
+                image=ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float()),
+            )
+        pred = denoise(models["unet"], noisy, timesteps, condition)
         loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"))
         return loss, {"frames": float(latents.shape[2])}
 
@@ -251,10 +254,11 @@ class MultiViewTask(Task):
 
         val = self.cfg.validation
         views = int(val.get("num_views", 8))
-        cams = orbit_cameras(num_views=views, elevation=float(val.get("elevation", 15.0)),
-                             radius=float(val.get("radius", 2.0)))
+        release = TEXT if self.kind == "t2mv" else IMAGE
+        cams = orbit_cameras(num_views=views, elevation=float(val.get("elevation", release.elevation)),
+                             radius=float(val.get("radius", release.radius)))
         common = dict(cameras=cams, num_inference_steps=int(val.get("steps", 20)),
-                      guidance_scale=float(val.get("guidance_scale", 9.0 if self.kind == "t2mv" else 6.0)),
+                      guidance_scale=float(val.get("guidance_scale", release.guidance_scale)),
                       seed=int(self.cfg.seed), progress=False)
         pipe = self.build_pipeline(models)
         rows = []
@@ -265,7 +269,7 @@ class MultiViewTask(Task):
             for i in range(min(int(val.get("num_objects", 2)), len(self.train_dataset))):
                 image = (self.train_dataset[i]["images"][0] + 1) / 2
                 out = pipe(image.to(self.accelerator.device), prompt=self.cfg.data.get("prompt", ""),
-                           target_fps=int(self.cfg.model.get("fps", 16)), **common)
+                           target_fps=int(self.cfg.model.get("fps", IMAGE.fps)), **common)
                 rows.append(torch.cat([image[None].cpu(), out.images[0].float().cpu()]))
         if rows:
             save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")

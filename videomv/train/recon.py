@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from videomv.data.common import parse_background
+from videomv.defaults import IMAGE
+from videomv.models.denoise import MultiViewCondition, denoise
 
 from .datasets import build_multiview_dataset, make_stream, resolve_path
 from .engine import Task
@@ -118,12 +120,11 @@ class ReconstructorTask(Task):
             first = ((images[:, 0] + 1) / 2).clamp(0, 1)
             cond = pipe.image_conditioner.encode(first, latents.shape[2])
             context = pipe.text_conditioner.encode([""] * b)
-            out = pipe.unet(noisy, t, fps=torch.full((b,), 16, device=device), image_latents=cond.image_latents,
-                            image_embeddings=cond.image_embeddings, encoder_hidden_states=context,
-                            cameras=cameras).sample
+            condition = MultiViewCondition(context, cameras, image=cond, fps=torch.full((b,), IMAGE.fps, device=device))
         else:
             context = pipe.text_conditioner.encode(list(batch["caption"]))
-            out = pipe.unet(noisy, t, encoder_hidden_states=context, cameras=cameras).sample
+            condition = MultiViewCondition(context, cameras)
+        out = denoise(pipe.unet, noisy, t, condition)
         z0 = torch.stack([z0_and_eps(pipe.scheduler, out[i : i + 1], noisy[i : i + 1], t[i])[0][0] for i in range(b)])
         if views is not None:
             z0 = z0[:, :, views]
