@@ -153,7 +153,7 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
     text task, ModelScope-T2V's hub id for the image task (the release's image model uses that VAE)."""
     from ..sampling.pipeline import I2MVPipeline, T2MVPipeline
     from ..sampling.system import VideoMV
-    from .settings import release_reconstructor_settings, release_scheduler, release_settings
+    from ..sampling.parity import release_reconstructor_settings, release_scheduler, release_settings
 
     unet_class(task)
     base = str(base)
@@ -162,7 +162,7 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
     notes = []
 
     unet = build_camera_unet(ckpt.unet, unet_config(base, task), task, source)
-    recon, preset, ignored = build_reconstructor(ckpt.reconstructor, source, **release_reconstructor_settings())
+    recon, preset, ignored = build_reconstructor(ckpt.reconstructor, source, **release_reconstructor_settings(task))
 
     vae_source = vae or (base if task == "text" else MODELSCOPE_T2V)
     vae_model = AutoencoderKL.from_pretrained(vae_source, subfolder=vae_subfolder)
