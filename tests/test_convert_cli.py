@@ -15,6 +15,7 @@ import torch
 from tiny_videomv import tiny_image_videomv, tiny_text_videomv
 from videomv.convert import to_release_state_dict
 from videomv.recon import Reconstructor
+from videomv.sampling.parity import settings_for
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +62,11 @@ def test_convert_tool_writes_a_loadable_folder(tmp_path, capsys, task):
         torch.testing.assert_close(value, original[key], rtol=0, atol=1e-6, msg=key)
     for key, value in model.reconstructor.state_dict().items():
         assert torch.equal(value, recon.state_dict()[key]), key
-    assert model.reconstructor.config.lgm_release_rotation
-    settings = json.loads((out / "videomv.json").read_text())
-    assert settings["task"] == task
+    config = model.reconstructor.config
+    assert config.lgm_release_rotation and not config.rescale_cameras and config.fovy == 39.6
+    assert config.cam_radius == model.settings.radius
+    assert model.settings == settings_for(task, "release")  # videomv.json holds the release preset
+    assert model.pipeline.scheduler.config.set_alpha_to_one is False  # last step: alphas_cumprod[0]
     report = json.loads((out / "conversion.json").read_text())
     assert report["ignored_keys"] == ["lgm_big.lpips_loss.net.0.weight"]
 

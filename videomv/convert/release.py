@@ -124,7 +124,8 @@ def release_text_encoder(base: str, task: str) -> tuple[CLIPTextModel, str | Non
     encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
     layers = encoder.config.num_hidden_layers
     if task == "text" and layers == RELEASE_TEXT_LAYERS + 1:
-        encoder.text_model.encoder.layers = encoder.text_model.encoder.layers[:RELEASE_TEXT_LAYERS]
+        body = getattr(encoder, "text_model", encoder)  # transformers < 5 nests the body in `text_model`
+        body.encoder.layers = body.encoder.layers[:RELEASE_TEXT_LAYERS]
         encoder.config.num_hidden_layers = RELEASE_TEXT_LAYERS
         return encoder, f"text encoder: kept {RELEASE_TEXT_LAYERS} of {layers} layers (the release's penultimate layer)"
     if task == "image" and layers == RELEASE_TEXT_LAYERS:
