@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tiny_videomv import RESOLUTION, tiny_text_videomv
+from videomv.geometry import orbit_cameras
 from videomv.models.conditioning import bundled_clip_tokenizer, is_bundled_clip_tokenizer
 from videomv.sampling.system import VideoMV
 
@@ -101,3 +102,116 @@ def test_export_swaps_in_a_vae_only_when_its_encoder_is_the_same(tmp_path):
     with pytest.raises(ValueError, match="encoder differs"):
         tool.main(common + ["--out", str(tmp_path / "bad"), "--vae", str(new_encoder)])
     assert not (tmp_path / "bad").exists()
+
+
+# -- VideoMV.from_parts / save_pretrained ----------------------------------------------------------
+
+RUN = dict(num_inference_steps=2, guidance_scale=3.0, seed=0, three_d_aware=False, progress=False,
+           cameras=orbit_cameras(4, 15.0, 2.0))
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_from_parts_and_save_pretrained_round_trip(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from videomv import VideoMV as TopLevel
+    from videomv.defaults import TEXT
+
+    assert TopLevel is VideoMV
+    model = tiny_text_videomv(seed=0)
+    model.pipeline.save_pretrained(tmp_path / "run" / "final")
+    model.reconstructor.save_pretrained(tmp_path / "run" / "reconstructor")
+    joined = VideoMV.from_parts(pipeline=tmp_path / "run" / "final", reconstructor=tmp_path / "run" / "reconstructor",
+                                settings={"resolution": RESOLUTION, "guidance_scale": 3.0})
+    assert joined.settings.task == "text" and joined.settings.elevation == TEXT.elevation
+    assert joined.settings.guidance_scale == 3.0 and joined.settings.resolution == RESOLUTION
+    expected = model("a red cube", **RUN).images
+    assert torch.equal(joined("a red cube", **RUN).images, expected)
+
+    # fp32 storage: the same model back, bit for bit
+    saved = joined.save_pretrained(tmp_path / "fp32")
+    assert json.loads((saved / "videomv.json").read_text())["guidance_scale"] == 3.0
+    assert not (saved / "tokenizer").exists()  # the bundled tokenizer is left out
+    assert all("_name_or_path" not in p.read_text() for p in saved.rglob("*.json"))
+    assert torch.equal(VideoMV.from_pretrained(saved)("a red cube", **RUN).images, expected)
+
+    # fp16 storage: weights stored rounded, the model in memory untouched
+    unet_before, recon_before = _state(joined.pipeline.unet), _state(joined.reconstructor)
+    half = joined.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    for name, before in ((("unet", "diffusion_pytorch_model.safetensors"), unet_before),
+                         (("reconstructor", "model.safetensors"), recon_before)):
+        with safe_open(half.joinpath(*name), "pt") as f:
+            stored = {k: f.get_tensor(k) for k in f.keys()}
+        assert {v.dtype for v in stored.values()} == {torch.float16}
+        assert all(torch.equal(stored[k], before[k].half()) for k in before)
+    assert all(torch.equal(v, unet_before[k]) for k, v in joined.pipeline.unet.state_dict().items())
+    assert all(torch.equal(v, recon_before[k]) for k, v in joined.reconstructor.state_dict().items())
+    assert joined.pipeline.unet.dtype == torch.float32
+    loaded = VideoMV.from_pretrained(half)
+    assert all(torch.equal(v, unet_before[k].half().float()) for k, v in loaded.pipeline.unet.state_dict().items())
+
+
+def test_save_pretrained_links_shared_parts_relatively(tmp_path):
+    import shutil
+
+    first = tiny_text_videomv(seed=0)
+    second = tiny_text_videomv(seed=1)
+    second.pipeline.vae, second.reconstructor = first.pipeline.vae, first.reconstructor
+    first.save_pretrained(tmp_path / "models" / "a")
+    second.save_pretrained(tmp_path / "models" / "b", share_with=tmp_path / "models" / "a")
+    linked = sorted(p.name for p in (tmp_path / "models" / "b").iterdir() if p.is_symlink())
+    assert linked == ["reconstructor", "scheduler", "vae"]  # unet and text encoder differ
+    shutil.move(tmp_path / "models", tmp_path / "moved")  # relative links survive a move of both
+    reloaded = VideoMV.from_pretrained(tmp_path / "moved" / "b")
+    assert torch.equal(reloaded("a red cube", **RUN).images, second("a red cube", **RUN).images)
+
+
+def test_save_pretrained_refuses_a_non_empty_folder_and_bad_parts(tmp_path):
+    import pytest
+
+    model = tiny_text_videomv(seed=0, with_reconstructor=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        model.save_pretrained(tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind
+    (tmp_path / "empty").mkdir()
+    model.save_pretrained(tmp_path / "empty")  # an empty folder is fine
+    assert (tmp_path / "empty" / "videomv.json").is_file()
+
+    from videomv.sampling.system import VideoMVSettings
+
+    with pytest.raises(ValueError, match="task 'image'"):
+        VideoMV.from_parts(model.pipeline, settings=VideoMVSettings.for_task("image"))
+    with pytest.raises(TypeError, match="T2MVPipeline or an I2MVPipeline"):
+        VideoMV.from_parts(model.pipeline.unet)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        VideoMV.from_parts(tmp_path / "out")
+
+
+def test_export_refuses_a_non_empty_out_and_keeps_its_files(tmp_path, capsys):
+    import pytest
+
+    model = tiny_text_videomv(seed=0, with_reconstructor=False)
+    model.pipeline.save_pretrained(tmp_path / "final")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    tool = load_tool()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--task", "text", "--resolution", str(RESOLUTION), "--pipeline", str(tmp_path / "final"),
+                   "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} exists and is not empty" in err
+    assert (out / "notes.txt").read_text() == "keep me" and [p.name for p in out.iterdir()] == ["notes.txt"]
+    with pytest.raises(SystemExit):  # the pipeline's task must be --task
+        tool.main(["--task", "image", "--resolution", str(RESOLUTION), "--pipeline", str(tmp_path / "final"),
+                   "--out", str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()

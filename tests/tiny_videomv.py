@@ -12,7 +12,7 @@ from videomv.models.conditioning import ImageConditioner, TextConditioner
 from videomv.models.t2mv_unet import T2MVUNet
 from videomv.recon import Reconstructor
 from videomv.sampling import I2MVPipeline, T2MVPipeline, image_scheduler, text_scheduler
-from videomv.sampling.system import VideoMV, VideoMVSettings
+from videomv import VideoMV
 
 RESOLUTION = 32
 
@@ -60,8 +60,8 @@ def tiny_text_videomv(with_reconstructor: bool = True, seed: int = 0) -> VideoMV
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(seed)
     recon = Reconstructor("tiny").eval() if with_reconstructor else None
-    settings = VideoMVSettings.for_task("text", resolution=RESOLUTION, num_inference_steps=5, guidance_scale=3.0)
-    return VideoMV(pipe, recon, settings)
+    return VideoMV.from_parts(pipeline=pipe, reconstructor=recon,
+                              settings=dict(resolution=RESOLUTION, num_inference_steps=5, guidance_scale=3.0))
 
 
 def tiny_image_videomv(with_reconstructor: bool = False, seed: int = 0) -> VideoMV:
@@ -77,6 +77,6 @@ def tiny_image_videomv(with_reconstructor: bool = False, seed: int = 0) -> Video
                                                              size={"shortest_edge": 16}),
                         unet=unet, scheduler=image_scheduler())
     pipe.set_progress_bar_config(disable=True)
-    settings = VideoMVSettings.for_task("image", resolution=RESOLUTION, num_inference_steps=2)
     torch.manual_seed(seed)
-    return VideoMV(pipe, Reconstructor("tiny").eval() if with_reconstructor else None, settings)
+    return VideoMV.from_parts(pipeline=pipe, reconstructor=Reconstructor("tiny").eval() if with_reconstructor else None,
+                              settings=dict(resolution=RESOLUTION, num_inference_steps=2))

@@ -7,6 +7,7 @@ that open_clip ships inside its package, which is OpenAI CLIP's (49408 tokens).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -46,10 +47,15 @@ def bundled_clip_tokenizer(model_max_length: int = CLIP_CONTEXT_LENGTH, pad_toke
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=model_max_length)
 
 
+@functools.cache
+def _reference_tokenizer() -> CLIPTokenizer:
+    return bundled_clip_tokenizer()  # read only; building it takes about a second
+
+
 def is_bundled_clip_tokenizer(tokenizer) -> bool:
     """True when `tokenizer` tokenizes exactly as `bundled_clip_tokenizer()` (same BPE model,
     normaliser, special tokens, length and padding), so a saved folder may leave it out."""
-    reference = bundled_clip_tokenizer()
+    reference = _reference_tokenizer()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return False

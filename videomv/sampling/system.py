@@ -9,7 +9,10 @@ Folder layout (a diffusers pipeline folder with two additions):
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -17,10 +20,13 @@ import torch
 
 from ..defaults import TEXT, release_defaults
 from ..gaussians import GaussianSet
+from ..io import atomic_directory
+from ..models.conditioning import is_bundled_clip_tokenizer
 from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
 from ..recon import Reconstructor
 from .aware import ReconstructionHook, aware_step_indices, find_orthogonal_views, orthogonal_cameras_for
+from .model_folder import drop_source_paths, link_identical_components, require_empty_destination
 from .pipeline import I2MVPipeline, T2MVPipeline, dtype_kwargs
 
 SETTINGS_NAME = "videomv.json"
@@ -81,6 +87,45 @@ class VideoMVSettings:
         return cls(**{**asdict(release_defaults(task)), **overrides})
 
 
+def task_of(pipeline) -> str:
+    if isinstance(pipeline, T2MVPipeline):
+        return "text"
+    if isinstance(pipeline, I2MVPipeline):
+        return "image"
+    raise TypeError(f"pipeline: expected a T2MVPipeline or an I2MVPipeline, got {type(pipeline).__name__}")
+
+
+def load_pipeline(path: str | Path, torch_dtype: torch.dtype = torch.float32) -> T2MVPipeline | I2MVPipeline:
+    """A pipeline folder (model_index.json names its class) -> the pipeline, progress bar off."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"pipeline: {path} is not a pipeline folder (model_index.json is missing)")
+    classes = {c.__name__: c for c in (T2MVPipeline, I2MVPipeline)}
+    name = json.loads(index.read_text()).get("_class_name")
+    if name not in classes:
+        raise ValueError(f"pipeline: {path} holds a {name!r}; expected one of {sorted(classes)}")
+    pipeline = classes[name].from_pretrained(path, **dtype_kwargs(torch_dtype))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def stored_as(part, dtype: torch.dtype):
+    """`part` with its floating-point weights in `dtype`: itself when they already are (or it has
+    none), else a converted copy, so the caller's model stays as it is."""
+    if not isinstance(part, torch.nn.Module):
+        return part
+    tensors = [*part.parameters(), *part.buffers()]
+    if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
+        return part
+    return copy.deepcopy(part).to(dtype)
+
+
 @dataclass
 class VideoMVOutput:
     """images: (F, 3, H, W) in [0, 1], one per camera; cameras: (F, 4, 4) project c2w;
@@ -95,6 +140,10 @@ class VideoMVOutput:
 
 
 class VideoMV:
+    """Text or image -> consistent views (+ 3D Gaussians). Load a model folder with `from_pretrained`,
+    or join a stage-1 pipeline and a stage-2 reconstructor with `from_parts`; write one with
+    `save_pretrained`; call the model with a prompt (text task) or an image (image task)."""
+
     def __init__(self, pipeline: T2MVPipeline | I2MVPipeline, reconstructor: Reconstructor | None,
                  settings: VideoMVSettings):
         expected = T2MVPipeline if settings.task == "text" else I2MVPipeline
@@ -109,6 +158,7 @@ class VideoMV:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         torch_dtype: torch.dtype = torch.float32) -> "VideoMV":
+        """Load a model folder (see the module docstring) onto `device`, computing in `torch_dtype`."""
         path = Path(path)
         settings_file = path / SETTINGS_NAME
         if not settings_file.is_file():
@@ -121,12 +171,62 @@ class VideoMV:
         reconstructor = Reconstructor.from_pretrained(recon_dir, device=device) if recon_dir.is_dir() else None
         return cls(pipeline, reconstructor, settings)
 
-    def save_pretrained(self, path: str | Path) -> None:
+    @classmethod
+    def from_parts(cls, pipeline: T2MVPipeline | I2MVPipeline | str | Path,
+                   reconstructor: Reconstructor | str | Path | None = None,
+                   settings: VideoMVSettings | dict | None = None,
+                   torch_dtype: torch.dtype = torch.float32) -> "VideoMV":
+        """Join a multi-view pipeline and a reconstructor into one model.
+
+        pipeline: a `T2MVPipeline` / `I2MVPipeline` or a pipeline folder (what a stage-1 run exports
+        to `<run>/final`); its class sets the task. reconstructor: a `Reconstructor`, its folder (a
+        stage-2 run's `<run>/reconstructor`) or None (no 3D-aware sampling). settings: a
+        `VideoMVSettings`, a dict of fields replacing the task's release defaults, or None (the
+        release defaults). Folders are loaded computing in `torch_dtype`."""
+        if isinstance(pipeline, (str, Path)):
+            pipeline = load_pipeline(pipeline, torch_dtype)
+        task = task_of(pipeline)
+        if settings is None or isinstance(settings, dict):
+            settings = VideoMVSettings.for_task(task, **(settings or {}))
+        elif not isinstance(settings, VideoMVSettings):
+            raise TypeError(f"settings: expected VideoMVSettings, a dict or None, got {type(settings).__name__}")
+        elif settings.task != task:
+            raise ValueError(f"settings: task {settings.task!r}, but the pipeline is a {task} pipeline")
+        if isinstance(reconstructor, (str, Path)):
+            reconstructor = Reconstructor.from_pretrained(reconstructor, device=pipeline.device, dtype=torch_dtype)
+        elif reconstructor is not None and not isinstance(reconstructor, Reconstructor):
+            raise TypeError(f"reconstructor: expected a Reconstructor, a folder or None, got {type(reconstructor).__name__}")
+        return cls(pipeline, reconstructor, settings)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None,
+                        share_with: str | Path | None = None) -> Path:
+        """Write the model folder `path` (it must not exist or be empty); it appears complete or not at all.
+
+        dtype: storage precision of the weights (e.g. torch.float16; default: as they are in memory,
+        which stay unchanged). share_with: another model folder; components byte-identical to its
+        own are written as relative symlinks to them. Configs leave out `_name_or_path` (a path on
+        this machine) and a tokenizer that is the bundled CLIP tokenizer is left out (loading falls
+        back to it). Returns `path`."""
         path = Path(path)
-        self.pipeline.save_pretrained(path)
-        if self.reconstructor is not None:
-            self.reconstructor.save_pretrained(path / RECONSTRUCTOR_DIR)
-        (path / SETTINGS_NAME).write_text(json.dumps(asdict(self.settings), indent=2))
+        require_empty_destination(path, "model folder")
+        if share_with is not None and not Path(share_with).is_dir():
+            raise FileNotFoundError(f"share_with: {share_with} is not a folder")
+        pipeline, reconstructor = self.pipeline, self.reconstructor
+        if dtype is not None:
+            pipeline = type(pipeline)(**{name: stored_as(part, dtype) for name, part in pipeline.components.items()})
+            reconstructor = None if reconstructor is None else stored_as(reconstructor, dtype)
+        with atomic_directory(path, replace=False) as tmp:
+            pipeline.save_pretrained(tmp)
+            if reconstructor is not None:
+                reconstructor.save_pretrained(tmp / RECONSTRUCTOR_DIR)
+            (tmp / SETTINGS_NAME).write_text(json.dumps(asdict(self.settings), indent=2))
+            drop_source_paths(tmp)
+            if is_bundled_clip_tokenizer(pipeline.tokenizer):
+                shutil.rmtree(tmp / "tokenizer")
+            if share_with is not None:
+                link_identical_components(tmp, Path(share_with), final=path)
+            tmp.chmod(0o777 & ~current_umask())  # a temporary folder starts private; the model folder is not
+        return path
 
     # ------------------------------------------------------------------------------------------ #
     # latents <-> images
