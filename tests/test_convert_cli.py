@@ -86,6 +86,16 @@ def test_convert_tool_names_bad_keys(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_convert_tool_refuses_a_non_empty_out(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = load_tool().main(["--task", "text", "--checkpoint", str(tmp_path / "none.pth"), "--base", str(tmp_path),
+                             "--out", str(out)])
+    assert code == 2 and "not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
 def test_sample_script_runs_a_converted_model(tmp_path):
     system = tiny_text_videomv(with_reconstructor=False)
     base, checkpoint, _ = release_files(tmp_path, system, "text")

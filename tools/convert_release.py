@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", choices=("text", "image"), required=True, help="text -> views or image -> views")
     p.add_argument("--checkpoint", type=Path, required=True, help="release .pth (t2v_00333000.pth / i2v_00882000.pth)")
     p.add_argument("--base", required=True, help="diffusers folder or hub id of the base model")
-    p.add_argument("--out", type=Path, required=True, help="VideoMV model folder to write (replaced if present)")
+    p.add_argument("--out", type=Path, required=True, help="VideoMV model folder to write (new or empty)")
     p.add_argument("--vae", default=None, help="folder or hub id holding ModelScope-T2V's VAE (vae/); "
                    "default: --base for text, damo-vilab/text-to-video-ms-1.7b for image")
     return p.parse_args(argv)
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     try:
         report = convert_release(args.task, args.checkpoint, args.base, args.out, vae=args.vae)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, OSError) as err:  # bad input: FileNotFoundError, FileExistsError are OSErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.summary())

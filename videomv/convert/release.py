@@ -152,12 +152,14 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
 
     `vae`: where the ModelScope-T2V VAE is read from (folder or hub id); default: the base for the
     text task, ModelScope-T2V's hub id for the image task (the release's image model uses that VAE)."""
+    from ..sampling.model_folder import require_empty_destination
     from ..sampling.pipeline import I2MVPipeline, T2MVPipeline
     from ..sampling.system import VideoMV
     from ..sampling.parity import release_reconstructor_settings, release_scheduler, release_settings
 
     unet_class(task)
-    base = str(base)
+    base, out = str(base), Path(out)
+    require_empty_destination(out, "--out")
     ckpt = load_release_checkpoint(checkpoint)
     source = f"--checkpoint {checkpoint}"
     notes = []
@@ -183,8 +185,8 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
             unet=unet, scheduler=release_scheduler(task),
         )
     settings = release_settings(task)
-    model = VideoMV(pipeline, recon, settings)
-    with atomic_directory(out) as tmp:
+    model = VideoMV.from_parts(pipeline, recon, settings)
+    with atomic_directory(out, replace=False) as tmp:
         model.save_pretrained(tmp)
         (tmp / "conversion.json").write_text(json.dumps(
             {"checkpoint": str(checkpoint), "step": ckpt.step, "base": base, "vae": vae_source,
