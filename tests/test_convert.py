@@ -228,3 +228,27 @@ def test_checkpoint_split(tmp_path):
     assert ckpt.step == 7
     assert list(ckpt.unet) == ["out.2.bias"] and list(ckpt.reconstructor) == ["conv.weight"]
     assert math.isclose(float(ckpt.reconstructor["conv.weight"].sum()), 2.0)
+
+
+@pytest.mark.parametrize("task,base_cls,name", [
+    ("text", "UNet3DConditionModel", "videomv_release_t2v_unet_state_dict.tsv"),
+    ("image", "I2VGenXLUNet", "videomv_release_i2v_unet_state_dict.tsv"),
+])
+def test_full_scale_from_a_base_config(tmp_path, task, base_cls, name):
+    """The camera UNet built from a diffusers base's unet/config.json (full-scale defaults, as the
+    published ModelScope-T2V / I2VGen-XL configs) takes the converted release weights."""
+    import diffusers
+
+    from videomv.convert.release import unet_class, unet_config
+
+    with torch.device("meta"):
+        base = getattr(diffusers, base_cls)()
+    base.save_config(tmp_path / "unet")
+    config = unet_config(str(tmp_path), task)
+    with torch.device("meta"):
+        model = unet_class(task).from_config(config)
+    conversion = convert_unet_state_dict(meta_state(read_key_list(name)), dict(model.config), task)
+    check_against(conversion, {k: v.shape for k, v in model.state_dict().items()}, name)
+    base_shapes = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("camera_embedding.")}
+    assert ours == base_shapes  # the camera branch is the only addition to the base
