@@ -245,11 +245,12 @@ def to_release_state_dict(state: dict[str, torch.Tensor], config, task: str) -> 
         "mlp": {v: k for k, v in SEQUENTIAL_MLP.items()},
         "encoder": {v: k for k, v in LOCAL_TEMPORAL_ENCODER.items()},
     }
+    split = {f"image_latents_temporal_encoder.attn1.to_{name}.weight": name for name in "qkv"}
     out: dict[str, torch.Tensor] = {}
     qkv = {}
     for key, value in state.items():
-        if key.startswith("image_latents_temporal_encoder.attn1.to_") and key[-len("q.weight") - 1] == "_":
-            qkv[key[-len("q.weight")]] = value
+        if task == "image" and key in split:
+            qkv[split[key]] = value
             continue
         if key == "camera_embedding.linear_1.weight":
             value = value @ camera_vector_permutation().to(value).T
