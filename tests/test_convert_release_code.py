@@ -4,8 +4,9 @@ checkout of alibaba/VideoMV; skipped otherwise).
 The release's `UNetSD_T2VBase` and `UNetSD_I2VGen` are built at a tiny config with random weights
 on CPU, saved as a release checkpoint, converted, and both are run on the same latents, timestep,
 text features and cameras (release camera vectors for the release, our c2w for ours). The CUDA-only
-imports of the release (xformers, fairscale, tyro, rotary_embedding_torch) get small stand-ins in
-`sys.modules` for the duration of the test, and its `.cuda()` call becomes a no-op.
+imports of the release (xformers, fairscale, tyro, rotary_embedding_torch, LGM's Gaussian renderer)
+get small stand-ins in `sys.modules` for the duration of the test, and its `.cuda()` call becomes a
+no-op. LGM's reconstructor network is compared the same way.
 """
 
 from __future__ import annotations
@@ -70,21 +71,26 @@ def release_unets(monkeypatch):
         "fairscale.nn": _module("fairscale.nn"),
         "fairscale.nn.checkpoint": _module("fairscale.nn.checkpoint", checkpoint_wrapper=lambda m: m),
         "rotary_embedding_torch": _module("rotary_embedding_torch", RotaryEmbedding=_RotaryEmbedding),
-        "tyro": _module("tyro"),
+        "tyro": _module("tyro", extras=_module("tyro.extras", subcommand_type_from_defaults=lambda *a, **k: None)),
+        # LGM's renderer (CUDA rasteriser, CUDA tensors at construction) is not part of the comparison
+        "core.gs": _module("core.gs", GaussianRenderer=lambda opt: None),
     }
     # The release's packages without their __init__ (which import training and data code).
     for name, folder in [("utils", src / "utils"), ("tools", src / "tools"), ("tools.modules", src / "tools" / "modules"),
-                         ("tools.modules.unet", src / "tools" / "modules" / "unet")]:
+                         ("tools.modules.unet", src / "tools" / "modules" / "unet"), ("core", src / "core")]:
         stand_ins[name] = _module(name, __path__=[str(folder)])
     for name in ("utils.registry_class", "utils.registry", "tools.modules.unet.util", "tools.modules.unet.unet_t2v",
-                 "tools.modules.unet.unet_i2vgen"):
+                 "tools.modules.unet.unet_i2vgen", "core.models", "core.options", "core.unet", "core.attention"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     for name, module in stand_ins.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    monkeypatch.setenv("XFORMERS_DISABLED", "1")  # LGM's attention falls back to plain PyTorch
     t2v = importlib.import_module("tools.modules.unet.unet_t2v")
     i2v = importlib.import_module("tools.modules.unet.unet_i2vgen")
-    yield t2v.UNetSD_T2VBase, i2v.UNetSD_I2VGen
+    models = importlib.import_module("core.models")
+    options = importlib.import_module("core.options")
+    yield types.SimpleNamespace(t2v=t2v.UNetSD_T2VBase, i2v=i2v.UNetSD_I2VGen, lgm=models.LGM, options=options.Options)
     for name in set(sys.modules) - before:
         sys.modules.pop(name, None)
 
@@ -116,8 +122,7 @@ def report(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> float:
 
 
 def test_text_unet_matches_the_release(release_unets, tmp_path):
-    release_cls, _ = release_unets
-    release = randomise(release_cls(**RELEASE_TINY), seed=0)
+    release = randomise(release_unets.t2v(**RELEASE_TINY), seed=0)
     ours = convert(release, tmp_path, "text")
     gen = torch.Generator().manual_seed(1)
     frames = 6
@@ -134,8 +139,7 @@ def test_text_unet_matches_the_release(release_unets, tmp_path):
 
 
 def test_image_unet_matches_the_release(release_unets, tmp_path):
-    _, release_cls = release_unets
-    release = randomise(release_cls(**RELEASE_TINY, concat_dim=4, num_tokens=4), seed=2)
+    release = randomise(release_unets.i2v(**RELEASE_TINY, concat_dim=4, num_tokens=4), seed=2)
     ours = convert(release, tmp_path, "image")
     gen = torch.Generator().manual_seed(3)
     frames = 6
@@ -155,3 +159,27 @@ def test_image_unet_matches_the_release(release_unets, tmp_path):
         mine = ours(x, t, fps=fps, image_latents=image_latents, image_embeddings=clip_image[:, None],
                     encoder_hidden_states=y, cameras=c2w).sample
     assert report("image UNet", mine, theirs) <= TOLERANCE
+
+
+def test_reconstructor_matches_the_releases_lgm(release_unets, tmp_path):
+    """lgm_big.* of a release checkpoint -> our Reconstructor gives LGM's Gaussians (release rotation)."""
+    from videomv.recon import Reconstructor, ReconstructorConfig
+    from videomv.recon.checkpoint import check_state_dict
+
+    shape = dict(down_channels=(32, 64, 64), down_attention=(False, True, True), mid_attention=True,
+                 up_channels=(64, 64), up_attention=(True, False))
+    lgm = randomise(release_unets.lgm(release_unets.options(input_size=32, splat_size=16, output_size=32,
+                                                             lambda_lpips=0.0, **shape)), seed=4)
+    path = tmp_path / "lgm.pth"
+    torch.save({"state_dict": {f"lgm_big.{k}": v for k, v in lgm.state_dict().items()}, "step": 1}, path)
+    weights = load_release_checkpoint(path).reconstructor
+    ours = Reconstructor(ReconstructorConfig(input_size=32, splat_size=16, output_size=32, layers_per_block=2,
+                                             attention_heads=16, num_groups=32, lgm_release_rotation=True, **shape))
+    check_state_dict({k: v.shape for k, v in ours.state_dict().items()}, weights, str(path))
+    ours.load_state_dict(weights)
+    ours.eval()
+    inputs = torch.randn(2, 4, 9, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs = lgm.forward_gaussians(inputs)
+        mine = ours.forward_gaussians(inputs)
+    assert report("reconstructor", mine, theirs) <= TOLERANCE
