@@ -116,7 +116,10 @@ def with_settings(model: VideoMV, **changes) -> VideoMV:
 
 def test_negative_prompt_setting():
     model = tiny_text_videomv(with_reconstructor=False)
-    run = lambda m, **kw: m(prompt="a chair", num_inference_steps=2, three_d_aware=False, progress=False, **kw).images  # noqa: E731
+
+    def run(m, **kw):
+        return m(prompt="a chair", num_inference_steps=2, three_d_aware=False, progress=False, **kw).images
+
     plain = run(model)
     release = run(with_settings(model, negative_prompt=RELEASE_NEGATIVE_PROMPT))
     assert torch.equal(release, run(model, negative_prompt=RELEASE_NEGATIVE_PROMPT))
@@ -130,8 +133,12 @@ def test_prompt_suffix_setting():
     assert settings.full_prompt("a chair, 3D asset") == "a chair, 3D asset"
     assert VideoMVSettings.for_task("text").full_prompt("a chair") == "a chair"
     model = tiny_text_videomv(with_reconstructor=False)
-    run = lambda m, p: m(prompt=p, num_inference_steps=2, three_d_aware=False, progress=False).images  # noqa: E731
-    assert torch.equal(run(with_settings(model, prompt_suffix=", 3d asset"), "a chair"), run(model, "a chair, 3d asset"))
+
+    def run(m, p):
+        return m(prompt=p, num_inference_steps=2, three_d_aware=False, progress=False).images
+
+    suffixed = with_settings(model, prompt_suffix=", 3d asset")
+    assert torch.equal(run(suffixed, "a chair"), run(model, "a chair, 3d asset"))
 
 
 def test_fps_setting_reaches_the_unet(monkeypatch):
@@ -156,13 +163,17 @@ def test_aware_latents_sample_is_the_seeded_posterior_sample():
     sampled = model.encode(images, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(sampled, expected)
     mode = model.encode(images)
-    torch.testing.assert_close(mode, (dist.mode() * vae.config.scaling_factor).unflatten(0, (1, 2)).permute(0, 2, 1, 3, 4))
+    expected_mode = (dist.mode() * vae.config.scaling_factor).unflatten(0, (1, 2)).permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(mode, expected_mode)
     assert not torch.allclose(sampled, mode)
 
 
 def test_aware_latents_sample_in_sampling_is_reproducible():
     model = tiny_text_videomv(with_reconstructor=True)
-    run = lambda m, seed: m(prompt="a chair", num_inference_steps=3, aware_steps=[1], seed=seed, progress=False).images  # noqa: E731
+
+    def run(m, seed):
+        return m(prompt="a chair", num_inference_steps=3, aware_steps=[1], seed=seed, progress=False).images
+
     sampling = with_settings(model, aware_latents="sample")
     first = run(sampling, 1)
     assert torch.equal(first, run(sampling, 1))
@@ -243,7 +254,8 @@ def final_norm(model: CLIPTextModel):
 
 
 def test_text_features_are_the_release_layer(tmp_path):
-    config = CLIPTextConfig(vocab_size=1000, bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=16, intermediate_size=32, num_hidden_layers=24,
+    config = CLIPTextConfig(vocab_size=1000, bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=16,
+                            intermediate_size=32, num_hidden_layers=24,
                             num_attention_heads=2, max_position_embeddings=77)
     torch.manual_seed(0)
     full = CLIPTextModel(config).eval()
