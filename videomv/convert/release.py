@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..io import atomic_directory
@@ -30,8 +30,6 @@ from ..recon import Reconstructor, get_preset, infer_preset
 from ..recon.checkpoint import IGNORED_PREFIXES, check_state_dict
 from .checkpoint import load_release_checkpoint
 from .keymap import check_against, convert_unet_state_dict
-
-logger = logging.getLogger(__name__)
 
 MODELSCOPE_T2V = "damo-vilab/text-to-video-ms-1.7b"
 # OpenCLIP ViT-H/14 has 24 layers; the release takes the output of layer 23 plus the final LayerNorm.
@@ -147,7 +145,7 @@ def load_tokenizer(base: str) -> CLIPTokenizer:
 
 
 def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Path, vae: str | None = None,
-                    vae_subfolder: str = "vae") -> ConversionReport:
+                    vae_subfolder: str = "vae", progress: bool = True) -> ConversionReport:
     """Write a VideoMV model folder at `out` from a release checkpoint and a diffusers base.
 
     `vae`: where the ModelScope-T2V VAE is read from (folder or hub id); default: the base for the
@@ -160,12 +158,21 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
     unet_class(task)
     base, out = str(base), Path(out)
     require_empty_destination(out, "--out")
+    stages = tqdm(total=5, desc="convert", disable=not progress)
+
+    def stage(name: str) -> None:
+        stages.set_postfix_str(name)
+        stages.update()
+
     ckpt = load_release_checkpoint(checkpoint)
+    stage("checkpoint read")
     source = f"--checkpoint {checkpoint}"
     notes = []
 
     unet = build_camera_unet(ckpt.unet, unet_config(base, task), task, source)
+    stage("camera UNet")
     recon, preset, ignored = build_reconstructor(ckpt.reconstructor, source, **release_reconstructor_settings(task))
+    stage("reconstructor")
 
     vae_source = vae or (base if task == "text" else MODELSCOPE_T2V)
     vae_model = AutoencoderKL.from_pretrained(vae_source, subfolder=vae_subfolder)
@@ -184,6 +191,7 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
             feature_extractor=CLIPImageProcessor.from_pretrained(base, subfolder="feature_extractor"),
             unet=unet, scheduler=release_scheduler(task),
         )
+    stage("base parts")
     settings = release_settings(task)
     model = VideoMV.from_parts(pipeline, recon, settings)
     with atomic_directory(out, replace=False) as tmp:
@@ -191,6 +199,8 @@ def convert_release(task: str, checkpoint: str | Path, base: str, out: str | Pat
         (tmp / "conversion.json").write_text(json.dumps(
             {"checkpoint": str(checkpoint), "step": ckpt.step, "base": base, "vae": vae_source,
              "ignored_keys": ignored, "notes": notes}, indent=2) + "\n")
+    stage("written")
+    stages.close()
     return ConversionReport(
         task=task, checkpoint=str(checkpoint), step=ckpt.step, unet_keys=len(ckpt.unet),
         unet_params=sum(p.numel() for p in unet.parameters()), reconstructor_keys=len(ckpt.reconstructor),
