@@ -91,6 +91,8 @@ class CameraConditionedMixin:
         sample: torch.Tensor,
         emb: torch.Tensor,
         context: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+        camera_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         down_block_additional_residuals: tuple[torch.Tensor] | None = None,
@@ -98,10 +100,13 @@ class CameraConditionedMixin:
     ) -> torch.Tensor:
         """(B, C_in, F, H, W) -> (B, C_out, F, H, W), frames as batch.
 
-        emb: (B * F, D) per-frame embedding (`frame_embeddings`); context: (B * F, T, D) cross-attention
-        tokens per frame; attention_mask: additive bias for the context or None.
+        emb: (B, D) per-sample embedding (time, + fps for I2MV); context: (B, T, D) cross-attention
+        tokens; both are repeated per frame and each frame's camera embedding is added to `emb`.
+        attention_mask: additive bias for the context or None.
         """
         batch_size, _, num_frames, height, width = sample.shape
+        emb = self.frame_embeddings(emb, cameras, camera_mask, batch_size, num_frames)
+        context = context.repeat_interleave(num_frames, dim=0, output_size=context.shape[0] * num_frames)
         # Sizes that are not a multiple of the total downsampling factor need explicit upsample sizes.
         forward_upsample_size = any(s % 2**self.num_upsamplers != 0 for s in (height, width))
         upsample_size = None

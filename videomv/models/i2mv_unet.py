@@ -106,16 +106,14 @@ class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
         image_latents: (B, C, F, H, W) as `I2VGenXLPipeline` prepares them; image_embeddings: (B, 1, D)
         CLIP image embeddings; fps: (B,) or a number. cameras / camera_mask as in `T2MVUNet.forward`.
         """
-        batch_size, num_frames = sample.shape[0], sample.shape[2]
+        batch_size = sample.shape[0]
         t_emb = self.time_embedding_of(timestep, batch_size, sample.device, timestep_cond)
         fps = timestep_batch(fps, batch_size, sample.device)
         fps_emb = self.fps_embedding(self.time_proj(fps).to(dtype=self.dtype))
-        emb = self.frame_embeddings(t_emb + fps_emb, cameras, camera_mask, batch_size, num_frames)
-
         context = self.context_embeddings(encoder_hidden_states, image_latents, image_embeddings)
-        context = context.repeat_interleave(num_frames, dim=0, output_size=context.shape[0] * num_frames)
         sample = torch.cat([sample, self.image_latent_features(image_latents)], dim=1)
-        sample = self.camera_unet_body(sample, emb, context, None, cross_attention_kwargs)
+        sample = self.camera_unet_body(sample, t_emb + fps_emb, context, cameras, camera_mask,
+                                       cross_attention_kwargs=cross_attention_kwargs)
         if not return_dict:
             return (sample,)
         return UNet3DConditionOutput(sample=sample)

@@ -97,18 +97,14 @@ class T2MVUNet(CameraConditionedMixin, UNet3DConditionModel):
         trained as 1-frame clips). camera_mask: (B,) 1 keeps, 0 drops the camera of that sample.
         Other arguments are those of `UNet3DConditionModel.forward`.
         """
-        batch_size, num_frames = sample.shape[0], sample.shape[2]
         if attention_mask is not None:  # 1 = keep, 0 = discard -> additive bias
             attention_mask = (1 - attention_mask.to(sample.dtype)) * -10000.0
             attention_mask = attention_mask.unsqueeze(1)
 
-        emb = self.time_embedding_of(timestep, batch_size, sample.device, timestep_cond)
-        emb = self.frame_embeddings(emb, cameras, camera_mask, batch_size, num_frames)
-        context = encoder_hidden_states.repeat_interleave(
-            num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames
-        )
-        sample = self.camera_unet_body(sample, emb, context, attention_mask, cross_attention_kwargs,
-                                       down_block_additional_residuals, mid_block_additional_residual)
+        emb = self.time_embedding_of(timestep, sample.shape[0], sample.device, timestep_cond)
+        sample = self.camera_unet_body(sample, emb, encoder_hidden_states, cameras, camera_mask, attention_mask,
+                                       cross_attention_kwargs, down_block_additional_residuals,
+                                       mid_block_additional_residual)
         if not return_dict:
             return (sample,)
         return UNet3DConditionOutput(sample=sample)
