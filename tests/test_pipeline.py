@@ -245,9 +245,10 @@ def test_release_defaults_are_the_papers_and_reach_pipelines_and_settings():
         params = inspect.signature(cls.__call__).parameters
         assert params["guidance_scale"].default == release.guidance_scale
         assert params["num_inference_steps"].default == release.num_inference_steps
-        assert asdict(VideoMVSettings.for_task(release.task)) == asdict(release)
+        settings = asdict(VideoMVSettings.for_task(release.task))  # plus the release-parity settings
+        assert {k: settings[k] for k in asdict(release)} == asdict(release)
     assert inspect.signature(I2MVPipeline.__call__).parameters["target_fps"].default == IMAGE.fps
-    assert asdict(VideoMVSettings()) == asdict(TEXT)
+    assert {k: v for k, v in asdict(VideoMVSettings()).items() if k in asdict(TEXT)} == asdict(TEXT)
     assert VideoMVSettings.for_task("image", guidance_scale=2.0).guidance_scale == 2.0
     with pytest.raises(ValueError, match="task"):
         release_defaults("video")

@@ -7,15 +7,15 @@ from diffusers import AutoencoderKL
 
 
 def vae_encode(vae: AutoencoderKL, images: torch.Tensor, scaling_factor: float, sample: bool = True,
-               chunk: int = 32) -> torch.Tensor:
+               chunk: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w); `sample=False` takes the
-    posterior mode (deterministic)."""
+    posterior mode (deterministic); a sample is drawn from `generator` when given."""
     b, f = images.shape[:2]
     flat = images.flatten(0, 1).to(device=vae.device, dtype=vae.dtype)
     parts = []
     for piece in flat.split(chunk):
         dist = vae.encode(piece).latent_dist
-        parts.append(dist.sample() if sample else dist.mode())
+        parts.append(dist.sample(generator=generator) if sample else dist.mode())
     z = torch.cat(parts) * scaling_factor
     return z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)
 

@@ -85,6 +85,7 @@ class ReconstructionHook:
         guidance_scale: float = 1.0,
         branches: str = "both",
         render_backend: str = "auto",
+        render_size: int | None = None,
     ):
         if branches not in ("both", "guided"):
             raise ValueError(f"branches must be 'both' or 'guided', got {branches!r}")
@@ -102,6 +103,7 @@ class ReconstructionHook:
         self.guidance_scale = guidance_scale
         self.branches = branches
         self.render_backend = render_backend
+        self.render_size = render_size  # render at this size, then nearest-downsample (the release: 512)
         self.calls: list[int] = []  # loop indices where the reconstruction was used
         self.gaussians: list[GaussianSet] | None = None  # the latest reconstruction (conditional)
 
@@ -113,10 +115,14 @@ class ReconstructionHook:
 
     @torch.no_grad()
     def render_views(self, gaussians: list[GaussianSet], height: int, width: int) -> torch.Tensor:
-        """Render every generated view of each batch element: (B, F, 3, H, W) in [0, 1]."""
+        """Render every generated view of each batch element: (B, F, 3, H, W) in [0, 1]. With
+        `render_size`, rendered at render_size^2 and brought to (H, W) by nearest-neighbour sampling."""
+        size = (height, width) if self.render_size is None else (self.render_size, self.render_size)
         out = []
         for g, cams in zip(gaussians, self.cameras):
-            rgb = render(g, cams.to(g.device), self.fovy_deg, height, width, self.background, self.render_backend)["rgb"]
+            rgb = render(g, cams.to(g.device), self.fovy_deg, *size, self.background, self.render_backend)["rgb"]
+            if size != (height, width):
+                rgb = F.interpolate(rgb, size=(height, width), mode="nearest")
             out.append(rgb.clamp(0, 1))
         return torch.stack(out)
 

@@ -48,10 +48,35 @@ class VideoMVSettings:
     num_inference_steps: int = TEXT.num_inference_steps
     resolution: int = TEXT.resolution
     fps: int = TEXT.fps  # image model: the fps condition it was trained with
+    # Where the official release's sampling differs from the paper's (see `videomv.sampling.parity`,
+    # whose `release` preset sets these); the defaults are this project's behaviour.
+    negative_prompt: str = ""  # text of the unconditional branch
+    prompt_suffix: str = ""  # appended to text prompts that do not contain it yet (release: ", 3d asset")
+    start_azimuth: float = 0.0  # azimuth (degrees) of view 0 of the default orbit
+    aware_latents: str = "mode"  # 3D-aware step: re-encode renders with the VAE posterior "mode" or a seeded "sample"
+    aware_render_size: int | None = None  # 3D-aware step: render at this size, then nearest-downsample to the views'
+    reconstructor_camera_flip: bool = False  # hand the reconstructor c2w @ diag(1, -1, -1, 1) (release inference)
 
     def __post_init__(self):
         release_defaults(self.task)  # checks the task
         self.background = tuple(float(b) for b in self.background)
+        if self.aware_latents not in ("mode", "sample"):
+            raise ValueError(f"aware_latents must be 'mode' or 'sample', got {self.aware_latents!r}")
+        if self.aware_render_size is not None and self.aware_render_size < 1:
+            raise ValueError(f"aware_render_size must be a positive size or None, got {self.aware_render_size}")
+
+    def full_prompt(self, prompt: str) -> str:
+        """`prompt` with `prompt_suffix` appended unless the prompt already contains it."""
+        suffix = self.prompt_suffix
+        if not suffix or suffix.strip(" ,").lower() in prompt.lower():
+            return prompt
+        return prompt + suffix
+
+    def reconstructor_cameras(self, c2w: torch.Tensor) -> torch.Tensor:
+        """The cameras the reconstructor (and the 3D-aware renders) use for views with c2w (..., 4, 4)."""
+        if not self.reconstructor_camera_flip:
+            return c2w
+        return c2w @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0])).to(c2w)
 
     @classmethod
     def for_task(cls, task: str, **overrides) -> "VideoMVSettings":
@@ -211,10 +236,12 @@ class VideoMV:
         return self.pipeline.decode_latents(latents)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) in [0, 1] -> (B, C, F, h, w) scaled latents (posterior mode)."""
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, F, 3, H, W) in [0, 1] -> (B, C, F, h, w) scaled latents: the posterior mode, or with
+        `generator` a sample of the posterior drawn from it."""
         vae = self.pipeline.vae
-        return vae_encode(vae, images * 2 - 1, vae.config.scaling_factor, sample=False)
+        return vae_encode(vae, images * 2 - 1, vae.config.scaling_factor, sample=generator is not None,
+                          generator=generator)
 
     # ------------------------------------------------------------------------------------------ #
     # generation
@@ -224,7 +251,7 @@ class VideoMV:
                         radius: float | None = None) -> torch.Tensor:
         s = self.settings
         return orbit_cameras(num_views or s.num_views, s.elevation if elevation is None else elevation,
-                             s.radius if radius is None else radius)
+                             s.radius if radius is None else radius, start_azimuth=s.start_azimuth)
 
     @torch.no_grad()
     def __call__(
@@ -253,6 +280,10 @@ class VideoMV:
                 raise ValueError("this is a text model: give a non-empty prompt and no image")
         elif image is None or not torch.is_tensor(image) or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError("this is an image model: give image as a (3, H, W) tensor in [0, 1]")
+        if s.task == "text":
+            prompt = s.full_prompt(prompt)
+        if negative_prompt is None and s.negative_prompt:
+            negative_prompt = s.negative_prompt
         steps = num_inference_steps or s.num_inference_steps
         guidance = s.guidance_scale if guidance_scale is None else guidance_scale
         cameras = self.default_cameras() if cameras is None else check_c2w(cameras, "cameras")
@@ -270,8 +301,13 @@ class VideoMV:
 
         hook = None
         if schedule:
-            hook = ReconstructionHook(self.reconstructor, self.decode, self.encode, cameras[None], s.fovy,
-                                      s.background, schedule, input_views, guidance, branches)
+            encode = self.encode
+            if s.aware_latents == "sample":
+                generator = torch.Generator("cpu").manual_seed(seed)
+                encode = lambda images: self.encode(images, generator=generator)  # noqa: E731
+            hook = ReconstructionHook(self.reconstructor, self.decode, encode, s.reconstructor_cameras(cameras[None]),
+                                      s.fovy, s.background, schedule, input_views, guidance, branches,
+                                      render_size=s.aware_render_size)
         common = dict(cameras=cameras[None], num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
                       height=s.resolution, width=s.resolution, z0_hook=hook, negative_prompt=negative_prompt,
                       output_type="pt", progress=progress)
@@ -284,7 +320,8 @@ class VideoMV:
         gaussians = None
         if self.reconstructor is not None:
             gaussians = self.reconstructor.reconstruct(images[None, input_views].to(self.pipeline.device),
-                                                       cameras[None, input_views], fovy=s.fovy)[0]
+                                                       s.reconstructor_cameras(cameras[None, input_views]),
+                                                       fovy=s.fovy)[0]
         return VideoMVOutput(
             images=images[:num_requested].cpu(),
             cameras=cameras[:num_requested],
