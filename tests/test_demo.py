@@ -1,5 +1,6 @@
 """The web demo's generation function, called directly on the embedded models (no browser)."""
 
+import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -17,6 +18,8 @@ from videomv.demo.app import mesh_exporter  # noqa: E402
 from videomv.gaussians import load_ply  # noqa: E402
 from videomv.geometry import orbit_angles  # noqa: E402
 from videomv.sampling.export import to_uint8  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +131,22 @@ def test_the_page_has_a_tab_per_model_and_the_outputs(demo):
     app = build_app(demo)
     ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
     assert {"prompt", "image", "generate-text", "generate-image", "views", "video", "viewer", "downloads"} <= ids
+
+
+def run_script(capsys, *args):
+    """scripts/demo.py's main() in this process, for argument errors (it stops before serving)."""
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([str(a) for a in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_script_refuses_a_missing_or_non_model_folder(capsys, tmp_path):
+    code, err = run_script(capsys, "--model", tmp_path / "absent")
+    assert code == 2 and f"--model: {tmp_path / 'absent'} is not a folder" in err
+    code, err = run_script(capsys, "--model", tmp_path)
+    assert code == 2 and "--model:" in err and "videomv.json is missing" in err
+    code, err = run_script(capsys, "--port", "0")
+    assert code == 2 and "--port must be in [1, 65535]" in err

@@ -160,6 +160,14 @@ class Demo:
                           seconds=seconds, settings=output.settings)
 
 
+def _shown_path(path: Path | None) -> str:
+    """A model folder as shown on the page: relative to the repository when inside it."""
+    if path is None:
+        return "(in memory)"
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _summary(result: DemoResult) -> str:
     s = result.settings
     aware = f"3D-aware at steps {s['aware_steps']}" if s["three_d_aware"] else "plain sampling"
@@ -185,7 +193,7 @@ def build_app(demo: Demo) -> gr.Blocks:
     with gr.Blocks(title="VideoMV", analytics_enabled=False) as app:
         gr.Markdown("# VideoMV\nConsistent multi-view generation and a 3D reconstruction from a text prompt or "
                     "an object image. Models: " + ", ".join(
-                        f"{task} `{demo.model_paths.get(task, '(in memory)')}`" for task in demo.models))
+                        f"{task} `{_shown_path(demo.model_paths.get(task))}`" for task in demo.models))
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 triggers = []
@@ -194,12 +202,11 @@ def build_app(demo: Demo) -> gr.Blocks:
                         with gr.Tab(TASK_TITLES[task], id=task):
                             triggers.append((task, _task_inputs(demo, task)))
             with gr.Column(scale=2):
-                views = gr.Gallery(label="Generated views", columns=6, height="auto", object_fit="contain",
+                views = gr.Gallery(label="Generated views", columns=6, height=560, object_fit="contain",
                                    elem_id="views", format="png")
                 with gr.Row():
                     video = gr.Video(label="Orbit video", elem_id="video", autoplay=True, loop=True)
-                    viewer = gr.Model3D(label="3D result (drag to rotate)", elem_id="viewer", height=320,
-                                        clear_color=(1.0, 1.0, 1.0, 1.0))
+                    viewer = gr.Model3D(label="3D result (drag to rotate)", elem_id="viewer", height=320)
                 downloads = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
                 status = gr.Markdown(elem_id="status")
 
@@ -208,9 +215,9 @@ def build_app(demo: Demo) -> gr.Blocks:
             task_box = gr.State(task)
             inputs = [task_box, gr.State(None) if prompt is None else prompt, gr.State(None) if image is None else image,
                       *settings]
-            button.click(run, inputs=inputs, outputs=outputs, concurrency_limit=1)
+            button.click(run, inputs=inputs, outputs=outputs, show_progress_on=[views])
             if prompt is not None:
-                prompt.submit(run, inputs=inputs, outputs=outputs, concurrency_limit=1)
+                prompt.submit(run, inputs=inputs, outputs=outputs, show_progress_on=[views])
     return app
 
 
@@ -226,7 +233,7 @@ def _task_inputs(demo: Demo, task: str):
                          image_mode="RGBA", format="png", sources=["upload", "clipboard"], elem_id="image")
     button = gr.Button("Generate", variant="primary", elem_id=f"generate-{task}")
     with gr.Accordion("Settings", open=True):
-        steps = gr.Slider(1, MAX_STEPS, value=d["steps"], step=1, label="DDIM steps", elem_id=f"steps-{task}")
+        steps = gr.Slider(1, MAX_STEPS, value=d["steps"], step=1, label="Steps (DDIM)", elem_id=f"steps-{task}")
         guidance = gr.Slider(0, 20, value=d["guidance"], step=0.5, label="Guidance scale")
         seed = gr.Number(value=d["seed"], precision=0, minimum=0, label="Seed")
         elevation = gr.Slider(-30, 60, value=d["elevation"], step=1, label="Camera elevation (degrees)")
