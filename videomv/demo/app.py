@@ -207,7 +207,7 @@ def build_app(demo: Demo) -> gr.Blocks:
                 with gr.Row():
                     video = gr.Video(label="Orbit video", elem_id="video", autoplay=True, loop=True)
                     viewer = gr.Model3D(label="3D result (drag to rotate)", elem_id="viewer", height=320)
-                downloads = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
                 status = gr.Markdown(elem_id="status")
 
         outputs = [views, video, viewer, downloads, status]
