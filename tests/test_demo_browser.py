@@ -108,7 +108,7 @@ def test_prompt_to_views_video_and_3d_viewer(page, tmp_path):
     page.wait_for_function("document.querySelectorAll('#views img').length >= 24", timeout=60_000 + 2_000 * STEPS)
 
     status = page.inner_text("#status")
-    assert "24 views in" in status and f"{STEPS} steps" in status and "3D-aware at steps" in status
+    assert "24 views sampled in" in status and f"{STEPS} steps" in status and "3D-aware at steps" in status
     assert page.evaluate("window.sawProgress"), "the DDIM progress never appeared on the page"
 
     # The orbit video loads and decodes.

@@ -8,11 +8,11 @@ message in the page.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import tempfile
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,13 +48,16 @@ class DemoResult:
 
 
 def mesh_exporter():
-    """The library's mesh step, `videomv.mesh.save_mesh(output, folder) -> path of mesh.glb`, when
-    this install has it; None otherwise (the viewer then shows the Gaussians)."""
+    """The library's mesh step, `videomv.mesh.export_mesh(gaussians, images, cameras, fovy, out_dir)
+    -> {"mesh_glb": path, ...}`, when this install has it; None otherwise (the viewer then shows the
+    Gaussians)."""
     try:
-        module = importlib.import_module("videomv.mesh")
-    except ModuleNotFoundError:
+        from ..mesh import export_mesh
+    except ImportError as err:
+        if err.name != "videomv.mesh":  # the module is there but cannot load (a missing dependency)
+            warnings.warn(f"the mesh step is unavailable: {err}", stacklevel=2)
         return None
-    return getattr(module, "save_mesh", None)
+    return export_mesh
 
 
 def _number(value, name: str, low: float, high: float, integer: bool = False) -> float:
@@ -103,10 +106,11 @@ class Demo:
                     three_d_aware=self.models[task].reconstructor is not None)
 
     def generate(self, task: str, prompt: str | None = None, image: str | Path | None = None,
-                 steps=50, guidance=None, seed=0, elevation=None, three_d_aware: bool = True,
+                 steps=50, guidance=None, seed=0, elevation=None, three_d_aware: bool = True, mesh: bool = True,
                  progress: bool = True) -> DemoResult:
         """Generate for a prompt (text model) or an image file (image model) and write every output
-        into a new folder under `out_root`. Raises gr.Error for bad inputs."""
+        into a new folder under `out_root`; `mesh`: also a textured mesh when the library has the
+        mesh step. Raises gr.Error for bad inputs."""
         if task not in self.models:
             raise gr.Error(f"There is no {task} model in this demo (loaded: {', '.join(self.models)}).")
         model = self.models[task]
@@ -149,10 +153,13 @@ class Demo:
         downloads = [written["video"], written["grid"], views_zip]
 
         model3d = written.get("gaussians")
-        export_mesh = mesh_exporter()
+        export_mesh = mesh_exporter() if mesh else None
         if model3d is not None and export_mesh is not None:
-            model3d = Path(export_mesh(output, folder))
-            downloads.append(model3d)
+            before = set(folder.iterdir())
+            mesh_files = export_mesh(output.gaussians, output.images, output.cameras, output.settings["fovy"], folder,
+                                     progress=progress)
+            model3d = Path(mesh_files["mesh_glb"])
+            downloads += [model3d] + sorted(set(folder.iterdir()) - before - {model3d})
         if "gaussians" in written:
             downloads.append(written["gaussians"])
         downloads += [written["cameras"], written["settings"]]
@@ -172,7 +179,7 @@ def _summary(result: DemoResult) -> str:
     s = result.settings
     aware = f"3D-aware at steps {s['aware_steps']}" if s["three_d_aware"] else "plain sampling"
     three_d = result.model3d.name if result.model3d else "no 3D result (the model has no reconstructor)"
-    return (f"{len(result.views)} views in {result.seconds:.1f} s: {s['num_inference_steps']} steps, guidance "
+    return (f"{len(result.views)} views sampled in {result.seconds:.1f} s: {s['num_inference_steps']} steps, guidance "
             f"{s['guidance_scale']:g}, seed {s['seed']}, {aware}; 3D: {three_d}. Folder: `{result.folder}`")
 
 
@@ -180,10 +187,11 @@ def build_app(demo: Demo) -> gr.Blocks:
     """The page: one tab per loaded model (input and settings), then the views, the orbit video, the
     3D viewer and the downloads."""
 
-    def run(task, prompt, image, steps, guidance, seed, elevation, three_d_aware, progress=gr.Progress(track_tqdm=True)):
+    def run(task, prompt, image, steps, guidance, seed, elevation, three_d_aware, mesh,
+            progress=gr.Progress(track_tqdm=True)):
         progress(0, desc="Starting")
         result = demo.generate(task, prompt=prompt, image=image, steps=steps, guidance=guidance, seed=seed,
-                               elevation=elevation, three_d_aware=three_d_aware)
+                               elevation=elevation, three_d_aware=three_d_aware, mesh=mesh)
         if result.model3d is None:
             gr.Warning("This model has no reconstructor, so there is no 3D result to show.")
         gallery = [(str(p), f"view {i}") for i, p in enumerate(result.views)]
@@ -239,7 +247,10 @@ def _task_inputs(demo: Demo, task: str):
         elevation = gr.Slider(-30, 60, value=d["elevation"], step=1, label="Camera elevation (degrees)")
         aware = gr.Checkbox(value=d["three_d_aware"], label="3D-aware sampling (reconstruct during denoising)",
                             interactive=demo.models[task].reconstructor is not None, elem_id=f"aware-{task}")
-    return button, prompt, image, [steps, guidance, seed, elevation, aware]
+        has_mesh = mesh_exporter() is not None and demo.models[task].reconstructor is not None
+        mesh = gr.Checkbox(value=has_mesh, label="Textured mesh (.glb, .obj) from the Gaussians", visible=has_mesh,
+                           elem_id=f"mesh-{task}")
+    return button, prompt, image, [steps, guidance, seed, elevation, aware, mesh]
 
 
 def launch(app: gr.Blocks, demo: Demo, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
