@@ -151,3 +151,13 @@ def test_script_refuses_a_missing_or_non_model_folder(capsys, tmp_path):
     assert code == 2 and "--model:" in err and "videomv.json is missing" in err
     code, err = run_script(capsys, "--port", "0")
     assert code == 2 and "--port must be in [1, 65535]" in err
+
+
+def test_a_failing_mesh_step_falls_back_to_the_gaussians(demo, monkeypatch):
+    def failing_mesh(*args, **kwargs):
+        raise ValueError("no surface found")
+
+    monkeypatch.setattr("videomv.demo.app.mesh_exporter", lambda: failing_mesh)
+    with pytest.warns(UserWarning, match="The mesh step failed, showing the Gaussians instead: no surface found"):
+        result = demo.generate("text", prompt="a cube", steps=1, three_d_aware=False, progress=False)
+    assert result.model3d.name == "gaussians.ply" and not any(p.suffix == ".glb" for p in result.downloads)

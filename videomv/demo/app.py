@@ -156,10 +156,14 @@ class Demo:
         export_mesh = mesh_exporter() if mesh else None
         if model3d is not None and export_mesh is not None:
             before = set(folder.iterdir())
-            mesh_files = export_mesh(output.gaussians, output.images, output.cameras, output.settings["fovy"], folder,
-                                     progress=progress)
-            model3d = Path(mesh_files["mesh_glb"])
-            downloads += [model3d] + sorted(set(folder.iterdir()) - before - {model3d})
+            try:
+                mesh_files = export_mesh(output.gaussians, output.images, output.cameras, output.settings["fovy"],
+                                         folder, progress=progress)
+            except (ValueError, RuntimeError) as err:  # the views and Gaussians are still worth showing
+                gr.Warning(f"The mesh step failed, showing the Gaussians instead: {err}")
+            else:
+                model3d = Path(mesh_files["mesh_glb"])
+                downloads += [model3d] + sorted(set(folder.iterdir()) - before - {model3d})
         if "gaussians" in written:
             downloads.append(written["gaussians"])
         downloads += [written["cameras"], written["settings"]]
