@@ -27,7 +27,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 STEPS = int(os.environ.get("VIDEOMV_DEMO_STEPS", "4"))
 
 pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[demo]')")
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="the browser test needs playwright (pip install playwright)")
 if not CHROMIUM.is_file():
     pytest.skip(f"the browser test needs Chromium at {CHROMIUM} (apt-get install chromium, or set VIDEOMV_CHROMIUM)",
                 allow_module_level=True)

@@ -224,8 +224,8 @@ def build_app(demo: Demo) -> gr.Blocks:
 
         outputs = [views, video, viewer, downloads, status]
         for task, (button, prompt, image, settings) in triggers:
-            task_box = gr.State(task)
-            inputs = [task_box, gr.State(None) if prompt is None else prompt, gr.State(None) if image is None else image,
+            no_input = gr.State(None)
+            inputs = [gr.State(task), no_input if prompt is None else prompt, no_input if image is None else image,
                       *settings]
             button.click(run, inputs=inputs, outputs=outputs, show_progress_on=[views])
             if prompt is not None:
