@@ -1,4 +1,4 @@
-"""The web demo in a real headless browser: scripts/demo.py serves the embedded text model on a free
+"""The web demo in a real headless browser: scripts/demo.py serves the embedded models on a free
 localhost port, Debian's Chromium (driven by playwright) types a prompt, runs a few steps and finds the
 views, the orbit video, the 3D viewer and the downloads on the page.
 
@@ -44,14 +44,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """scripts/demo.py on the embedded text model; yields its URL."""
+    """scripts/demo.py on its default models (the embedded text and image models); yields its URL."""
     port, out = free_port(), tmp_path_factory.mktemp("demo_generations")
     log = tmp_path_factory.mktemp("demo_log") / "server.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO)}
     with open(log, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "demo.py"), "--model", str(REPO / "data" / "embedded" / "t2mv"),
-             "--port", str(port), "--threads", "1", "--out", str(out)],
+            [sys.executable, str(REPO / "scripts" / "demo.py"), "--port", str(port), "--threads", "1", "--out", str(out)],
             stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -134,3 +133,14 @@ def test_prompt_to_views_video_and_3d_viewer(page, tmp_path):
         image = Image.open(shot).convert("RGB")
         image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS)
         image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+
+
+def test_image_tab_shows_a_non_square_image_as_a_message(page, tmp_path):
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (90, 40), (200, 30, 30)).save(wide)
+    page.get_by_role("tab", name="Image to 3D").click()
+    page.set_input_files("#image input[type=file]", str(wide))
+    page.wait_for_selector("#image img", timeout=15_000)
+    page.click("#generate-image")
+    page.wait_for_selector("text=is 90x40; expected a square", timeout=15_000)
+    assert page.locator("#views img").count() == 0
