@@ -89,7 +89,7 @@ def test_unreadable_items_are_left_out_of_the_latent_cache_and_reported(tmp_path
     objects = [line for name in ("train.txt", "val.txt", "test.txt") for line in (world / name).read_text().split()]
     (world / "all.txt").write_text("\n".join(objects) + "\n")
     bad = objects[1]
-    (world / bad / "campos_512_v4" / "00005" / "00000.png").write_bytes(b"not a png")
+    (world / bad / "campos_512_v4" / "00005" / "00005.png").write_bytes(b"not a png")
     out = tmp_path / "run"
     summary = run_tiny(out, world, "max_steps=2", "data.objects=all.txt", "data.cache_latents=true")
     from safetensors import safe_open
