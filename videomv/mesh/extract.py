@@ -15,7 +15,7 @@ object has an unobserved (often open) underside, and a view from below would loo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,14 +30,15 @@ from videomv.geometry import intrinsics_from_fov, orbit_cameras
 
 @dataclass
 class CarveSettings:
-    """resolution: grid points per axis; bound: half side of the grid cube (world units);
+    """resolution: grid points per axis; bound: half side of the grid cube (world units; None:
+    from the Gaussians, see `fitted`);
     elevations / azimuths: the carving cameras' rings (degrees; `azimuths` views per ring) at
     `radius`, field of view `fovy`, rendered at `image_size`; depth_margin: how far in front of the
     rendered surface a point must be to be carved (world units); alpha_level: rendered alpha
     below which a pixel is background; smooth: Gaussian filter sigma on the field, in voxels."""
 
     resolution: int = 80
-    bound: float = 0.75
+    bound: float | None = None
     elevations: tuple = (0.0, 20.0, 40.0, 60.0)
     azimuths: int = 16
     radius: float = 2.0
@@ -50,7 +51,7 @@ class CarveSettings:
     def __post_init__(self):
         if self.resolution < 8:
             raise ValueError(f"resolution must be >= 8, got {self.resolution}")
-        if self.bound <= 0 or self.radius <= self.bound * 3**0.5:
+        if self.bound is not None and (self.bound <= 0 or self.radius <= self.bound * 3**0.5):
             raise ValueError(f"need bound > 0 and radius > bound * sqrt(3) (cameras outside the grid), got "
                              f"bound {self.bound}, radius {self.radius}")
         if not self.elevations or any(not -90 < e < 90 for e in self.elevations):
@@ -62,6 +63,18 @@ class CarveSettings:
         if self.depth_margin < 0 or not 0 < self.alpha_level < 1 or self.smooth < 0:
             raise ValueError("depth_margin and smooth must be >= 0 and alpha_level in (0, 1)")
 
+    def fitted(self, gaussians: GaussianSet) -> "CarveSettings":
+        """These settings with `bound` set when None: 1.15 times the 99.5th percentile of the largest
+        absolute coordinate of the Gaussians with opacity >= 0.05 (a few floaters do not grow the
+        grid), at least 0.1; the camera radius grows to stay outside."""
+        if self.bound is not None:
+            return self
+        visible = gaussians.means[gaussians.opacities[:, 0] >= 0.05]
+        if not len(visible):
+            raise ValueError("no surface: no Gaussian has opacity >= 0.05")
+        bound = max(0.1, 1.15 * float(torch.quantile(visible.abs().amax(-1), 0.995)))
+        return replace(self, bound=bound, radius=max(self.radius, 2.0 * 3**0.5 * bound))
+
     def cameras(self) -> torch.Tensor:
         return torch.cat([orbit_cameras(self.azimuths, e, self.radius, start_azimuth=7.5 * i)
                           for i, e in enumerate(self.elevations)])
@@ -69,8 +82,8 @@ class CarveSettings:
 
 def carved_occupancy(gaussians: GaussianSet, settings: CarveSettings | None = None, progress: bool = False) -> torch.Tensor:
     """(R, R, R) field in [0, 1] (indexed x, y, z on `grid_points(R, bound)`); see the module doc."""
-    s = settings or CarveSettings()
     gaussians = gaussians.detach().to("cpu", torch.float32)
+    s = (settings or CarveSettings()).fitted(gaussians)
     cameras = s.cameras()
     points = grid_points(s.resolution, s.bound).reshape(-1, 3)
     field = torch.ones(points.shape[0])
@@ -117,7 +130,7 @@ def clean_mesh(vertices: np.ndarray, faces: np.ndarray, min_fraction: float = 0.
 def gaussians_to_geometry(gaussians: GaussianSet, settings: CarveSettings | None = None, min_fraction: float = 0.05,
                           progress: bool = False):
     """The carved surface of `gaussians` as a cleaned `trimesh.Trimesh` (faces wound outward)."""
-    s = settings or CarveSettings()
+    s = (settings or CarveSettings()).fitted(gaussians.detach().to("cpu", torch.float32))
     field = carved_occupancy(gaussians, s, progress)
     try:
         mesh = extract_mesh(field, 0.5, s.bound)
