@@ -92,6 +92,8 @@ def test_obj_has_its_texture(exported):
     assert "mtllib mesh.mtl" in text and "vt " in text
     mtl = (obj_path.parent / "mesh.mtl").read_text()
     texture_name = next(line.split()[-1] for line in mtl.splitlines() if line.startswith("map_Kd"))
+    kd = next(line.split()[1:] for line in mtl.splitlines() if line.startswith("Kd"))
+    assert [float(v) for v in kd] == [1.0, 1.0, 1.0]  # the texture is not darkened by the diffuse factor
     assert (obj_path.parent / texture_name).is_file()
     loaded = trimesh.load(obj_path, force="mesh")
     glb = trimesh.load(written["mesh_glb"], force="mesh")

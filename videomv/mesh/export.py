@@ -51,8 +51,10 @@ def textured_mesh(gaussians, images, cameras, fovy: float, settings: MeshSetting
         rgba = np.concatenate([(colors * 255).round(), np.full((len(colors), 1), 255)], 1).astype(np.uint8)
         return trimesh.Trimesh(geometry.vertices, geometry.faces, vertex_colors=rgba, process=False)
     vertices, faces, uvs, texture = bake_texture(geometry, images, cameras, fovy, s.texture_size, s.tolerance)
+    # base colour factor 1: viewers multiply the texture by it (and by the OBJ's Kd made from it)
     material = trimesh.visual.material.PBRMaterial(name="mesh", baseColorTexture=Image.fromarray(texture),
-                                                   metallicFactor=0.0, roughnessFactor=1.0)
+                                                   baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0,
+                                                   roughnessFactor=1.0)
     visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
     return trimesh.Trimesh(vertices, faces, visual=visual, process=False)
 
