@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     first, last = result.history[0]["psnr"], result.history[-1]["psnr"]
     print(f"{args.cfg.steps} steps, {result.seconds_per_step:.2f} s/step; proxy PSNR {first:.2f} -> {last:.2f} dB "
           f"-> {args.out}")
-    for name, path in written.items():
+    for path in written.values():
         print(f"  {path}")
     return 0
 

@@ -115,6 +115,9 @@ def test_config_file_overrides_and_errors(tmp_path):
         load_config(None, ["guidance=0.5"])
     with pytest.raises(ValueError, match="views"):
         DistillConfig(views=30)
+    path.write_text("steps: [1,\n")
+    with pytest.raises(ValueError, match="distillation config"):
+        load_config(path)
 
 
 def small_config(**changes) -> DistillConfig:

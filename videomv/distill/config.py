@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .schedules import TIMESTEP_SCHEDULES
 from .sds import WEIGHTINGS
@@ -76,7 +78,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             parts.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*parts)
         return OmegaConf.to_object(merged)
-    except ValueError:
-        raise
-    except Exception as err:  # omegaconf's errors name the key and the expected type
+    except (OmegaConfBaseException, yaml.YAMLError) as err:  # omegaconf's name the key and the expected type
         raise ValueError(f"distillation config: {err}") from None

@@ -23,7 +23,7 @@ def sample_timestep(step: int, total: int, t_range: tuple[float, float], schedul
     elif schedule != "random":
         raise ValueError(f"timestep schedule must be one of {TIMESTEP_SCHEDULES}, got {schedule!r}")
     u = float(torch.rand((), generator=generator))
-    return min(num_train_timesteps - 1, int(round((low + (high - low) * u) * (num_train_timesteps - 1))))
+    return min(num_train_timesteps - 1, round((low + (high - low) * u) * (num_train_timesteps - 1)))
 
 
 def random_orbit(generator: torch.Generator, orbit_views: int = 24, window: int = 24,

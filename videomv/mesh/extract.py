@@ -96,9 +96,7 @@ def carved_occupancy(gaussians: GaussianSet, settings: CarveSettings | None = No
         surface = torch.where(alpha > 1e-3, out["depth"][0, 0] / alpha.clamp_min(1e-3), torch.full_like(alpha, 1e3))
         pix, depth = project_points(points, c2w, k)
         grid = (2 * pix[0] / s.image_size - 1)[None, None]  # (1, 1, P, 2), x then y
-        sample = lambda img: F.grid_sample(img[None, None], grid, mode="bilinear", padding_mode="zeros",  # noqa: E731
-                                           align_corners=False)[0, 0, 0]
-        a = sample(alpha)
+        a = F.grid_sample(alpha[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0, 0]
         # nearest surface depth: bilinear blends across depth edges would carve behind silhouettes
         d_surf = F.grid_sample(surface[None, None], grid, mode="nearest", padding_mode="border", align_corners=False)[0, 0, 0]
         in_front = depth[0] < d_surf - s.depth_margin

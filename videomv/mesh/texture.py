@@ -56,7 +56,7 @@ def project_colors(points: np.ndarray, normals: np.ndarray, images: torch.Tensor
                    buffers: torch.Tensor, tolerance: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
     """(P, 3) colours in [0, 1] of surface points with unit normals, and a (P,) bool mask of points
     some view sees (the others are 0)."""
-    v, _, h, w = images.shape
+    h, w = images.shape[-2:]
     pts = torch.as_tensor(points, dtype=torch.float32)
     nrm = F.normalize(torch.as_tensor(normals, dtype=torch.float32), dim=-1)
     k = intrinsics_from_fov(fovy, h, w)
