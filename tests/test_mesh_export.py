@@ -54,11 +54,11 @@ def exported(tmp_path_factory):
         gaussians = recon.reconstruct(images[None, INPUT_VIEWS], cameras[None, INPUT_VIEWS], fovy=FOVY)[0]
     out = tmp_path_factory.mktemp("mesh")
     written = export_mesh(gaussians, images, cameras, FOVY, out, MeshSettings(texture_size=256))
-    return obj, written
+    return obj, written, (gaussians, images, cameras)
 
 
 def test_mesh_matches_the_analytic_shape(exported):
-    obj, written = exported
+    obj, written, _ = exported
     mesh = trimesh.load(written["mesh_glb"], force="mesh")
     closed = trimesh.Trimesh(mesh.vertices, mesh.faces)  # merges the vertices the UV seams split
     assert closed.is_watertight and closed.volume > 0
@@ -73,11 +73,9 @@ def test_mesh_matches_the_analytic_shape(exported):
     assert worse["chamfer"] > 0.05 or worse["volume_iou"] < 0.65, worse
 
 
-def test_glb_colours_follow_the_object(exported):
-    obj, written = exported
-    mesh = trimesh.load(written["mesh_glb"], force="mesh")
-    assert mesh.visual.kind == "texture"
-    rgb = mesh.visual.to_color().vertex_colors[:, :3].astype(float) / 255
+def assert_red_above_blue(mesh):
+    visual = mesh.visual if mesh.visual.kind == "vertex" else mesh.visual.to_color()
+    rgb = visual.vertex_colors[:, :3].astype(float) / 255
     y = mesh.vertices[:, 1]
     red, blue = rgb[y > 0.08].mean(0), rgb[y < -0.08].mean(0)
     # measured: red (0.41, 0.06, 0.06), blue (0.13, 0.18, 0.43) (the toy renders' Lambertian shading darkens)
@@ -85,8 +83,23 @@ def test_glb_colours_follow_the_object(exported):
     assert blue[2] > 0.3 and blue[2] > 2 * blue[0] and blue[2] > 1.5 * blue[1], blue
 
 
+def test_glb_colours_follow_the_object(exported):
+    _, written, _ = exported
+    mesh = trimesh.load(written["mesh_glb"], force="mesh")
+    assert mesh.visual.kind == "texture"
+    assert_red_above_blue(mesh)
+
+
+def test_vertex_colour_mode(exported, tmp_path):
+    _, _, (gaussians, images, cameras) = exported
+    written = export_mesh(gaussians, images, cameras, FOVY, tmp_path, MeshSettings(texture="vertex"))
+    mesh = trimesh.load(written["mesh_glb"], force="mesh")
+    assert mesh.visual.kind == "vertex"
+    assert_red_above_blue(mesh)
+
+
 def test_obj_has_its_texture(exported):
-    _, written = exported
+    _, written, _ = exported
     obj_path = Path(written["mesh_obj"])
     text = obj_path.read_text()
     assert "mtllib mesh.mtl" in text and "vt " in text

@@ -3,6 +3,7 @@ projected from the generated views, written as .glb and .obj with trimesh."""
 
 from .export import MeshSettings, export_mesh, save_mesh, textured_mesh
 from .extract import CarveSettings, carved_occupancy, clean_mesh, gaussians_to_geometry
+from .render import render_mesh
 from .texture import bake_texture, project_colors, vertex_colors
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "export_mesh",
     "gaussians_to_geometry",
     "project_colors",
+    "render_mesh",
     "save_mesh",
     "textured_mesh",
     "vertex_colors",

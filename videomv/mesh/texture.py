@@ -57,8 +57,8 @@ def project_colors(points: np.ndarray, normals: np.ndarray, images: torch.Tensor
     """(P, 3) colours in [0, 1] of surface points with unit normals, and a (P,) bool mask of points
     some view sees (the others are 0)."""
     h, w = images.shape[-2:]
-    pts = torch.as_tensor(points, dtype=torch.float32)
-    nrm = F.normalize(torch.as_tensor(normals, dtype=torch.float32), dim=-1)
+    pts = torch.tensor(np.asarray(points), dtype=torch.float32)
+    nrm = F.normalize(torch.tensor(np.asarray(normals), dtype=torch.float32), dim=-1)
     k = intrinsics_from_fov(fovy, h, w)
     pix, depth = project_points(pts, cameras, k)  # (V, P, 2), (V, P)
     grid = torch.stack([2 * pix[..., 0] / w - 1, 2 * pix[..., 1] / h - 1], -1)[:, None]  # (V, 1, P, 2)
