@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--branches", choices=("both", "guided"), default="both",
                    help="reconstruct both guidance branches (the release) or only the guided z0")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mesh", action="store_true", help="also write a textured mesh (mesh.glb, mesh.obj + texture)")
+    p.add_argument("--turntable", type=int, nargs="?", const=256, default=None, metavar="PIXELS",
+                   help="also write turntable.mp4, the 3D result on an orbit, PIXELS per side (default 256)")
     args = p.parse_args(argv)
 
     if args.prompt is not None and not args.prompt.strip():
@@ -54,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--steps must be in [1, 1000], got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         p.error(f"--guidance must be a non-negative number, got {args.guidance}")
+    if args.turntable is not None and not 16 <= args.turntable <= 4096:
+        p.error(f"--turntable must be in [16, 4096] pixels, got {args.turntable}")
     if args.model is None:
         args.model = EMBEDDED["text" if args.prompt is not None else "image"]
     if not args.model.is_dir():
@@ -79,6 +84,8 @@ def main(argv=None) -> int:
     task = model.settings.task
     if (task == "text") != (args.prompt is not None):
         args.parser.error(f"--model: {args.model} is a {task} model; give --{'prompt' if task == 'text' else 'image'}")
+    if (args.mesh or args.turntable) and model.reconstructor is None:
+        args.parser.error(f"--mesh/--turntable: {args.model} has no reconstructor, so no 3D result")
     try:
         cameras = load_trajectory(args.cameras) if args.cameras else model.default_cameras(
             args.num_views, args.elevation, args.radius)
@@ -95,6 +102,10 @@ def main(argv=None) -> int:
         "model": str(args.model), "image": str(args.image) if args.image else None,
         "cameras_file": str(args.cameras) if args.cameras else None, "device": args.device,
         "seconds": round(seconds, 2)})
+    if args.mesh or args.turntable:
+        from videomv.mesh.outputs import save_3d_outputs
+
+        written.update(save_3d_outputs(output, args.out, mesh=args.mesh, turntable_resolution=args.turntable))
     print(f"{len(output.images)} views in {seconds:.1f} s -> {args.out}")
     for name, path in written.items():
         print(f"  {name:9s} {path}")
