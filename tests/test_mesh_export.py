@@ -13,7 +13,7 @@ trimesh = pytest.importorskip("trimesh")
 pytest.importorskip("xatlas")
 pytest.importorskip("skimage")
 
-from videomv.data import toyworld  # noqa: E402
+from videomv.toy import world as toyworld  # noqa: E402
 from videomv.eval.geometry_eval import toy_reference_mesh  # noqa: E402
 from videomv.eval.mesh import Mesh, mesh_metrics  # noqa: E402
 from videomv.geometry import orbit_cameras  # noqa: E402

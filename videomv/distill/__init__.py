@@ -2,9 +2,9 @@
 
 from .config import DistillConfig, load_config
 from .optimize import DistillResult, distill
-from .prior import MultiViewPrior, unet_output
+from .prior import MultiViewPrior
 from .schedules import random_orbit, sample_timestep
 from .sds import sds_gradient, sds_loss
 
 __all__ = ["DistillConfig", "DistillResult", "MultiViewPrior", "distill", "load_config", "random_orbit",
-           "sample_timestep", "sds_gradient", "sds_loss", "unet_output"]
+           "sample_timestep", "sds_gradient", "sds_loss"]

@@ -6,13 +6,8 @@ from __future__ import annotations
 import torch
 
 from videomv.geometry import camera_vector
+from videomv.models.denoise import MultiViewCondition, denoise
 from videomv.sampling.ddim import guide, z0_and_eps
-
-
-def unet_output(pipeline, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
-    """The UNet's raw output for (B, C, F, h, w) latents at timestep t, as the text pipeline's
-    denoising loop calls it: `text` (B, 77, D) embeddings, `cameras` (B, F, 16) camera vectors."""
-    return pipeline.unet(latents, t, encoder_hidden_states=text, cameras=cameras, return_dict=False)[0]
 
 
 class MultiViewPrior:
@@ -43,8 +38,8 @@ class MultiViewPrior:
         device, dtype = noisy.device, noisy.dtype
         cameras = camera_vector(c2w.cpu())[None].to(device=device, dtype=dtype)
         timestep = torch.tensor(int(t), device=device)
-        out = unet_output(self.pipeline, torch.cat([noisy, noisy]), timestep, self.text.to(dtype),
-                          torch.cat([cameras, cameras]))
+        condition = MultiViewCondition(self.text.to(dtype), torch.cat([cameras, cameras]))
+        out = denoise(self.pipeline.unet, torch.cat([noisy, noisy]), timestep, condition)
         eps_uncond = z0_and_eps(self.scheduler, out[:1], noisy, int(t))[1]
         eps_cond = z0_and_eps(self.scheduler, out[1:], noisy, int(t))[1]
         return guide(eps_uncond, eps_cond, guidance_scale)
