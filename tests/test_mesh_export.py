@@ -13,12 +13,12 @@ trimesh = pytest.importorskip("trimesh")
 pytest.importorskip("xatlas")
 pytest.importorskip("skimage")
 
-from videomv.toy import world as toyworld  # noqa: E402
-from videomv.eval.geometry_eval import toy_reference_mesh  # noqa: E402
 from videomv.eval.mesh import Mesh, mesh_metrics  # noqa: E402
 from videomv.geometry import orbit_cameras  # noqa: E402
 from videomv.mesh import CarveSettings, MeshSettings, export_mesh, project_colors  # noqa: E402
 from videomv.mesh.texture import depth_buffers, rasterize_uv  # noqa: E402
+from videomv.toy import world as toyworld  # noqa: E402
+from videomv.toy.references import toy_reference_mesh  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECONSTRUCTOR = REPO / "data" / "embedded" / "t2mv" / "reconstructor"
