@@ -42,7 +42,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="text prompt (text -> views)")
     source.add_argument("--image", type=Path, help="square object image, RGBA composited on white (image -> views)")
@@ -195,7 +195,7 @@ def input_warnings(args: argparse.Namespace, model, image) -> None:
         tokens = tokenizer.tokenize(args.prompt)
         kept = tokenizer.model_max_length - 2  # start and end tokens take two places
         if len(tokens) > kept:
-            tail = tokenizer.convert_tokens_to_string(tokens[max(0, kept - 6):kept]).strip()
+            tail = tokenizer.decode(tokenizer.convert_tokens_to_ids(tokens[max(0, kept - 6):kept])).strip()
             warn(f"--prompt is {len(tokens)} tokens long; the text encoder reads the first {kept} "
                  f"(up to \"...{tail}\") and ignores the rest")
     if image is not None:
