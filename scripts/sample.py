@@ -192,10 +192,10 @@ def input_warnings(args: argparse.Namespace, model, image) -> None:
     image whose border is not the model's background."""
     if args.prompt is not None:
         tokenizer = model.pipeline.tokenizer
-        tokens = tokenizer.tokenize(args.prompt)
+        tokens = tokenizer(args.prompt, add_special_tokens=False, verbose=False)["input_ids"]
         kept = tokenizer.model_max_length - 2  # start and end tokens take two places
         if len(tokens) > kept:
-            tail = tokenizer.decode(tokenizer.convert_tokens_to_ids(tokens[max(0, kept - 6):kept])).strip()
+            tail = tokenizer.decode(tokens[max(0, kept - 6):kept]).strip()
             warn(f"--prompt is {len(tokens)} tokens long; the text encoder reads the first {kept} "
                  f"(up to \"...{tail}\") and ignores the rest")
     if image is not None:
