@@ -141,6 +141,34 @@ def check_out(out: Path) -> None:
         raise InputError(f"--out: cannot write in {parent} ({err.strerror or err})") from None
 
 
+def check_steps(model: Path, steps: int) -> None:
+    """The model's scheduler gives `steps` timesteps inside its training range for this count (some
+    spacings do not for some counts: "trailing" adds a step at -1, "leading" with an offset reaches
+    the end of the range)."""
+    import diffusers
+
+    try:
+        config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+        cls = getattr(diffusers, str(config["_class_name"]))
+        if not config["_class_name"].endswith("Scheduler"):
+            raise TypeError(f"{config['_class_name']} is not a scheduler")
+        scheduler = cls.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"--model: {model}/scheduler has no readable diffusers scheduler config ({err})") from None
+
+    def fits(n: int) -> bool:
+        scheduler.set_timesteps(n)
+        t = scheduler.timesteps
+        return len(t) == n and int(t.min()) >= 0 and int(t.max()) < scheduler.config.num_train_timesteps
+
+    if not fits(steps):
+        near = sorted((n for n in range(max(1, steps - 10), min(1000, steps + 10) + 1) if fits(n)),
+                      key=lambda n: abs(n - steps))[:2]
+        raise InputError(f"--steps {steps}: the model's scheduler ({scheduler.config.timestep_spacing} spacing) "
+                         f"gives timesteps outside [0, {scheduler.config.num_train_timesteps - 1}] for this count; "
+                         f"try {' or '.join(map(str, sorted(near)))}")
+
+
 def check_device(name: str | None) -> str:
     import torch
 
@@ -172,6 +200,7 @@ def validate(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device = check_device(args.device)
+    check_steps(args.model, args.steps or int(settings["num_inference_steps"]))
     from videomv.geometry import load_trajectory
 
     cameras = load_trajectory(args.cameras, max_cameras=MAX_VIEWS) if args.cameras else None

@@ -225,6 +225,7 @@ def settings_only(model_dir, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     shutil.copy(model_dir / "videomv.json", folder / "videomv.json")
+    shutil.copytree(model_dir / "scheduler", folder / "scheduler")
     return folder
 
 
@@ -248,6 +249,8 @@ def write_cameras(path: Path, cameras) -> Path:
     ("out_dangling_link", ["--out", "{tmp}/link"], "is a symbolic link to .* which does not exist"),
     ("out_read_only_parent", ["--out", "{tmp}/ro/run"], "--out: cannot write in .*ro"),
     ("zero_threads", ["--threads", "0"], "--threads must be at least 1"),
+    # "leading" spacing with offset 1 reaches timestep 1000 at 1000 steps
+    ("steps_past_the_schedule", ["--steps", "1000"], "--steps 1000: .* outside \\[0, 999\\] .*; try 998 or 999"),
     ("model_without_settings", ["--model", "{tmp}"], "is not a VideoMV model folder"),
 ])
 def test_bad_input_is_refused_before_the_model_loads(settings_only, tmp_path, capsys, no_model_load, case, args,
@@ -284,11 +287,19 @@ def test_bad_input_is_refused_before_the_model_loads(settings_only, tmp_path, ca
     assert tree(tmp_path) == before
 
 
+def test_a_step_count_the_embedded_scheduler_cannot_give_is_refused(tmp_path, capsys, no_model_load):
+    # "trailing" spacing at 61 steps: 62 timesteps, the last -1 (it ran, reading alphas_cumprod[-1])
+    code, err = run_in_process(capsys, "--prompt", "a cube", "--steps", "61", "--out", tmp_path / "run")
+    assert code == 2 and "--steps 61: the model's scheduler (trailing spacing)" in err and "try 60 or 62" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_image_is_refused_before_the_model_loads(model_dir, tmp_path, capsys, no_model_load):
     folder = tmp_path / "model"
     folder.mkdir()
     settings = json.loads((model_dir / "videomv.json").read_text())
     (folder / "videomv.json").write_text(json.dumps({**settings, "task": "image"}))
+    shutil.copytree(model_dir / "scheduler", folder / "scheduler")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     for image, match in [(tmp_path / "bad.png", "could not be read as an image"),
                          (tmp_path / "absent.png", "does not exist"), (tmp_path, "could not be read")]:
@@ -367,13 +378,14 @@ def test_an_image_whose_border_is_not_the_background_is_reported(tmp_path, capsy
 def test_ctrl_c_while_sampling_says_one_line_and_writes_nothing(model_dir, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "sample.py"), "--model", str(model_dir),
-                             "--prompt", "a cube", "--steps", "1000", "--no-3d-aware", "--out", str(out)],
+                             "--prompt", "a cube", "--steps", "999", "--no-3d-aware", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
     while "DDIM" not in seen:  # the progress bar: sampling has started
         chunk = proc.stderr.read(1)
         assert chunk, f"the script ended before sampling: {seen}"
         seen += chunk
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
