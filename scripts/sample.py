@@ -200,10 +200,10 @@ def validate(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device = check_device(args.device)
-    check_steps(args.model, args.steps or int(settings["num_inference_steps"]))
     from videomv.geometry import load_trajectory
 
     cameras = load_trajectory(args.cameras, max_cameras=MAX_VIEWS) if args.cameras else None
+    check_steps(args.model, args.steps or int(settings["num_inference_steps"]))
     image = None
     if args.image is not None:
         from videomv.sampling.export import load_condition_image
