@@ -38,7 +38,8 @@ class InputError(ValueError):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        """One line on stderr (a library's message may span several), exit code 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
 
 
 def build_parser() -> Parser:
