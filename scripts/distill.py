@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from videomv.inputs import InputError, check_device, check_model_folder, check_out
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--video-resolution", type=int, default=256, help="turntable video size in pixels")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="DistillConfig overrides")
     args = p.parse_args(argv)
 
@@ -44,8 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--video-resolution must be in [16, 4096], got {args.video_resolution}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    if not args.model.is_dir():
-        p.error(f"--model: {args.model} is not a folder")
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     try:
         args.cfg = load_config(args.config, overrides)
@@ -53,8 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(err))
     if args.out is None:
         args.out = REPO / "outputs" / time.strftime("sds-%Y%m%d-%H%M%S")
-    elif args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        p.error(f"--out: {args.out} exists and is not an empty folder")
+    try:
+        check_model_folder(args.model, "text")
+        check_out(args.out)
+        args.device = check_device(args.device)
+    except InputError as err:
+        p.error(str(err))
     args.parser = p
     return args
 
@@ -71,8 +75,6 @@ def main(argv=None) -> int:
         model = VideoMV.from_pretrained(args.model, device=args.device)
     except (FileNotFoundError, OSError, ValueError) as err:
         args.parser.error(f"--model: cannot load {args.model}: {err}")
-    if model.settings.task != "text":
-        args.parser.error(f"--model: {args.model} is an {model.settings.task} model; distillation needs a text model")
     result = distill(model, args.prompt, args.cfg)
     written = save_distillation(result, args.cfg, args.out, settings={"prompt": args.prompt, "model": str(args.model)},
                                 video_resolution=args.video_resolution, fovy=model.settings.fovy,

@@ -19,6 +19,7 @@ from videomv.gaussians import (
     render_tiled,
     save_ply,
 )
+from videomv.gaussians.ply import check_ply_header
 from videomv.geometry import intrinsics_from_fov, look_at, opengl_to_opencv, orbit_camera, orbit_cameras
 
 FOVY = 49.1
@@ -122,6 +123,57 @@ def test_ply_missing_property_fails_clearly(tmp_path):
         load_ply(path)
     with pytest.raises(FileNotFoundError):
         load_ply(tmp_path / "absent.ply")
+
+
+def _gaussian_header(count: int, fmt: str = "binary_little_endian") -> bytes:
+    lines = ["ply", f"format {fmt} 1.0", f"element vertex {count}"] + [f"property float {n}" for n in PLY_PROPERTIES]
+    return ("\n".join(lines + ["end_header"]) + "\n").encode()
+
+
+def test_ply_header_declaring_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    # 10^10 Gaussians would need 680 GB of rows (68 bytes each); the file holds a few hundred bytes.
+    path = tmp_path / "bomb.ply"
+    header = _gaussian_header(10**10)
+    path.write_bytes(header + bytes(440 - len(header)))
+    assert path.stat().st_size == 440
+    with pytest.raises(ValueError, match=r"declares 10000000000 vertex \(at least 680000000000 bytes\)"):
+        load_ply(path)
+    # The same for an ASCII header (two bytes at least per value) and for one row too few.
+    path.write_bytes(_gaussian_header(10**10, "ascii") + b"0 " * 17)
+    with pytest.raises(ValueError, match="declares"):
+        load_ply(path)
+    good = tmp_path / "good.ply"
+    save_ply(random_scene(5), good)
+    data = good.read_bytes()
+    assert check_ply_header(good) == {"vertex": 5}
+    good.write_bytes(data[:-68])  # drop the last row
+    with pytest.raises(ValueError, match="declares 5 vertex"):
+        load_ply(good)
+
+
+@pytest.mark.parametrize("header,match", [
+    (b"PK\x03\x04 not a ply", "not a .ply"),
+    (b"ply\nformat ascii 1.0\nelement vertex 3\n" + b"comment x\n" * 10000, "no end_header"),
+    (b"ply\nformat ascii 1.0\nelement vertex -3\nend_header\n", "header line 3"),
+    (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty quad x\nend_header\n0\n", "header line 4"),
+    (b"ply\nformat zip 1.0\nelement vertex 0\nend_header\n", "unknown .ply format"),
+])
+def test_ply_header_errors_name_the_file_and_the_problem(tmp_path, header, match):
+    path = tmp_path / "bad.ply"
+    path.write_bytes(header)
+    with pytest.raises(ValueError, match=match) as info:
+        check_ply_header(path)
+    assert str(path) in str(info.value)
+
+
+def test_ply_header_check_accepts_lists_and_ascii(tmp_path):
+    # A mesh-style file: a list property counts only its length byte per row (lists may be empty).
+    path = tmp_path / "mesh.ply"
+    vertices = np.zeros(3, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    faces = np.array([([0, 1, 2],)], dtype=[("vertex_indices", "i4", (3,))])
+    for text in (False, True):
+        PlyData([PlyElement.describe(vertices, "vertex"), PlyElement.describe(faces, "face")], text=text).write(str(path))
+        assert check_ply_header(path) == {"vertex": 3, "face": 1}
 
 
 # ---------------------------------------------------------------------------------------------- #

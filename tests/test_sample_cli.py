@@ -2,8 +2,13 @@
 
 import importlib.util
 import json
+import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +200,206 @@ def test_main_command_on_the_embedded_model(tmp_path):
     size = json.loads((REPO / "data" / "embedded" / "t2mv" / "videomv.json").read_text())["resolution"]
     assert np.asarray(Image.open(views[0])).shape == (size, size, 3)
     assert len(load_ply(out / "gaussians.ply")) > 0
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Checked before the model loads: exit 2, one line, nothing written
+# ---------------------------------------------------------------------------------------------- #
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading weights fails the test: these inputs must be refused before."""
+    def refuse(cls, *args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+    monkeypatch.setattr(VideoMV, "from_pretrained", classmethod(refuse))
+
+
+@pytest.fixture
+def settings_only(model_dir, tmp_path):
+    """A model folder holding only videomv.json: what the checks read; loading it would fail."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(model_dir / "videomv.json", folder / "videomv.json")
+    shutil.copytree(model_dir / "scheduler", folder / "scheduler")
+    return folder
+
+
+def write_cameras(path: Path, cameras) -> Path:
+    path.write_text(json.dumps(cameras))
+    return path
+
+
+@pytest.mark.parametrize("case,args,match", [
+    ("camera_at_origin", ["--cameras", "{cams}"], "camera 0 is at the object centre"),
+    ("camera_looking_away", ["--cameras", "{cams}"], "camera 1 looks 180 deg away"),
+    ("degenerate_camera", ["--cameras", "{cams}"], "orthonormal"),
+    ("nested_camera_file", ["--cameras", "{cams}"], "nests deeper than 8 levels"),
+    ("too_many_cameras", ["--cameras", "{cams}"], "holds 97 cameras; at most 96"),
+    ("too_many_views", ["--num-views", "97"], r"--num-views must be in \[4, 96\]"),
+    ("tiny_radius", ["--radius", "1e-9"], "--radius must be at least 0.01"),
+    ("unknown_device", ["--device", "tpu"], "--device: unknown device 'tpu'"),
+    ("cuda_without_cuda", ["--device", "cuda"], "CUDA is not available here"),
+    ("out_in_proc", ["--out", "/proc/videomv-test/run"], "--out: cannot write in /proc"),
+    ("out_under_a_file", ["--out", "{tmp}/file.txt/run"], "file.txt is not a folder"),
+    ("out_dangling_link", ["--out", "{tmp}/link"], "is a symbolic link to .* which does not exist"),
+    ("out_read_only_parent", ["--out", "{tmp}/ro/run"], "--out: cannot write in .*ro"),
+    ("zero_threads", ["--threads", "0"], "--threads must be at least 1"),
+    # "leading" spacing with offset 1 reaches timestep 1000 at 1000 steps
+    ("steps_past_the_schedule", ["--steps", "1000"], "--steps 1000: .* outside \\[0, 999\\] .*; try 998 or 999"),
+    ("model_without_settings", ["--model", "{tmp}"], "is not a VideoMV model folder"),
+])
+def test_bad_input_is_refused_before_the_model_loads(settings_only, tmp_path, capsys, no_model_load, case, args,
+                                                     match):
+    if case == "cuda_without_cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    if case == "out_read_only_parent" and os.geteuid() == 0:
+        pytest.skip("permissions do not stop root")
+    cams = tmp_path / "cams.json"
+    good = orbit_cameras(4, 15, 2.0)
+    if case == "camera_at_origin":
+        write_cameras(cams, [torch.eye(4).tolist()] + good.tolist())
+    elif case == "camera_looking_away":
+        away = good[1].clone()
+        away[:3, :3] = away[:3, :3] @ torch.diag(torch.tensor([-1.0, 1.0, -1.0]))  # turned round its y axis
+        write_cameras(cams, [good[0].tolist(), away.tolist()])
+    elif case == "degenerate_camera":
+        write_cameras(cams, [[[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 2], [0, 0, 0, 1]]])
+    elif case == "nested_camera_file":
+        cams.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "too_many_cameras":
+        write_cameras(cams, [{"elevation": 10, "azimuth": a * 3.0, "radius": 2} for a in range(97)])
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "missing")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    before = tree(tmp_path)
+    argv = ["--model", settings_only, "--prompt", "a cube", "--out", tmp_path / "run"]
+    argv += [a.format(cams=cams, tmp=tmp_path) for a in args]
+    code, err = run_in_process(capsys, *argv)
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sample.py: error: "), err
+    assert __import__("re").search(match, lines[0]), lines[0]
+    assert tree(tmp_path) == before
+
+
+def test_a_step_count_the_embedded_scheduler_cannot_give_is_refused(tmp_path, capsys, no_model_load):
+    # "trailing" spacing at 61 steps: 62 timesteps, the last -1 (it ran, reading alphas_cumprod[-1])
+    code, err = run_in_process(capsys, "--prompt", "a cube", "--steps", "61", "--out", tmp_path / "run")
+    assert code == 2 and "--steps 61: the model's scheduler (trailing spacing)" in err and "try 60 or 62" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_image_is_refused_before_the_model_loads(model_dir, tmp_path, capsys, no_model_load):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    settings = json.loads((model_dir / "videomv.json").read_text())
+    (folder / "videomv.json").write_text(json.dumps({**settings, "task": "image"}))
+    shutil.copytree(model_dir / "scheduler", folder / "scheduler")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for image, match in [(tmp_path / "bad.png", "could not be read as an image"),
+                         (tmp_path / "absent.png", "does not exist"), (tmp_path, "could not be read")]:
+        before = tree(tmp_path)
+        code, err = run_in_process(capsys, "--model", folder, "--image", image, "--out", tmp_path / "run")
+        assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+        assert tree(tmp_path) == before
+
+
+def test_output_honours_the_umask_and_a_link_to_an_empty_folder(model_dir, tmp_path, capsys):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    old = os.umask(0o027)
+    try:
+        code, err = run_in_process(capsys, "--model", model_dir, "--prompt", "a cube", "--steps", "1",
+                                   "--no-3d-aware", "--num-views", "4", "--out", tmp_path / "link")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    target = tmp_path / "target"
+    assert (tmp_path / "link").resolve() == target and len(list((target / "views").glob("*.png"))) == 4
+    assert stat.S_IMODE(target.stat().st_mode) == 0o750
+    for name in ("gaussians.ply", "settings.json", "grid.png", "views/view_000.png"):
+        assert stat.S_IMODE((target / name).stat().st_mode) == 0o640, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Warnings: accepted, but probably not what was meant
+# ---------------------------------------------------------------------------------------------- #
+
+
+def test_a_prompt_longer_than_the_context_is_reported(model_dir, capsys):
+    script = load_script()
+    model = VideoMV.from_pretrained(model_dir)
+    assert model.pipeline.tokenizer.model_max_length == 77
+    capsys.readouterr()
+    for words, warned in ((75, False), (76, True), (400, True)):
+        args = script.parse_args(["--prompt", " ".join(["cube"] * words)])
+        script.input_warnings(args, model, None)
+        err = capsys.readouterr().err
+        if warned:
+            assert err.startswith(f"warning: --prompt is {words} tokens long; the text encoder reads the first 75 ")
+            assert '"...cube cube cube cube cube cube")' in err and len(err.splitlines()) == 1
+        else:
+            assert err == ""
+
+
+def test_an_image_whose_border_is_not_the_background_is_reported(tmp_path, capsys):
+    from tiny_videomv import tiny_image_videomv
+
+    from videomv.sampling.export import load_condition_image
+
+    script = load_script()
+    model = tiny_image_videomv()
+    capsys.readouterr()
+    args = script.parse_args(["--image", str(tmp_path / "x.png")])
+    photo = np.full((48, 48, 3), (90, 120, 60), dtype=np.uint8)  # an object on a green backdrop
+    photo[12:36, 12:36] = (200, 30, 30)
+    on_white = photo.copy()
+    on_white[photo[..., 1] == 120] = 255
+    cut_out = np.concatenate([photo, np.full((48, 48, 1), 255, np.uint8)], axis=-1)
+    cut_out[photo[..., 1] == 120, 3] = 0  # the backdrop made transparent
+    for name, array, warned in (("photo", photo, True), ("on_white", on_white, False), ("cut_out", cut_out, False)):
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+        script.input_warnings(args, model, load_condition_image(tmp_path / f"{name}.png", RESOLUTION))
+        err = capsys.readouterr().err
+        assert ("its border is not the background (white)" in err) == warned, (name, err)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Interrupt, help
+# ---------------------------------------------------------------------------------------------- #
+
+
+def test_ctrl_c_while_sampling_says_one_line_and_writes_nothing(model_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "sample.py"), "--model", str(model_dir),
+                             "--prompt", "a cube", "--steps", "999", "--no-3d-aware", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "DDIM" not in seen:  # the progress bar: sampling has started
+        chunk = proc.stderr.read(1)
+        assert chunk, f"the script ended before sampling: {seen}"
+        seen += chunk
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert (seen + stderr).rstrip().splitlines()[-1] == "interrupted, nothing written"
+    assert "Traceback" not in stderr and stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_names_the_view_limit_and_answers_without_torch():
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "scripts" / "sample.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    assert "4 to 96" in res.stdout and "at most 96" in res.stdout and "--threads" in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "json" in imported and not imported & {"torch", "diffusers", "numpy"}
+    assert time.perf_counter() - start < 30  # generous: the point is the imports above

@@ -178,20 +178,96 @@ def gobjaverse_fov_deg(meta: dict, default: float | None = None) -> float:
     return default
 
 
-def load_trajectory(path: str | Path) -> torch.Tensor:
+MAX_CAMERA_FILE_BYTES = 1 << 20  # a 4x4 matrix is under 1 kB of JSON: room for a thousand cameras
+MAX_CAMERA_FILE_DEPTH = 8  # {"cameras": [[[...]]]} nests 4 deep
+MIN_CAMERA_DISTANCE = 1e-2  # closer to the object centre than this, "looking at it" is undefined
+MAX_OFF_AXIS_DEG = 30.0  # the object centre must be this close to the view axis (field of view: ~49 deg)
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ ] and { } in JSON `text`, outside strings (no recursion, so any
+    depth can be measured before a parser recurses into it)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def check_object_cameras(c2w: torch.Tensor, name: str = "cameras", target=(0.0, 0.0, 0.0),
+                         min_distance: float = MIN_CAMERA_DISTANCE,
+                         max_off_axis_deg: float = MAX_OFF_AXIS_DEG) -> torch.Tensor:
+    """`check_c2w`, and what the models assume of cameras around an object at `target`: rotations
+    are proper (no mirror), no camera sits at the object, and every camera looks at it (the object
+    within `max_off_axis_deg` of the view axis). (V, 4, 4) -> itself; ValueError naming the camera."""
+    c2w = check_c2w(c2w, name)
+    if c2w.ndim != 3:
+        raise ValueError(f"{name}: expected a list of cameras, shape (V, 4, 4), got {tuple(c2w.shape)}")
+    det = torch.linalg.det(c2w[:, :3, :3])
+    offset = _as_tensor(target) - c2w[:, :3, 3]
+    distance = offset.norm(dim=-1)
+    forward = -c2w[:, :3, 2]  # OpenGL cameras look along their -z axis
+    cos_off = (forward * offset).sum(-1) / distance.clamp_min(1e-12)
+    off_axis = torch.rad2deg(torch.acos(cos_off.clamp(-1, 1)))
+    for i in range(len(c2w)):
+        if det[i] < 0:
+            raise ValueError(f"{name}: camera {i} has a mirrored rotation (determinant {det[i]:.3f}); "
+                             "expected a right-handed camera-to-world matrix")
+        if distance[i] < min_distance:
+            raise ValueError(f"{name}: camera {i} is at the object centre {tuple(target)} (distance "
+                             f"{distance[i]:.3g}); expected cameras at least {min_distance} away, looking at it")
+        if off_axis[i] > max_off_axis_deg:
+            raise ValueError(f"{name}: camera {i} looks {off_axis[i]:.0f} deg away from the object centre "
+                             f"{tuple(target)}; expected at most {max_off_axis_deg:.0f} deg (OpenGL c2w: the "
+                             "camera looks along its -z axis)")
+    return c2w
+
+
+def load_trajectory(path: str | Path, max_cameras: int | None = None) -> torch.Tensor:
     """Read cameras from a JSON file: a list of 4x4 c2w matrices (project convention), or a list of
-    {"elevation", "azimuth", "radius"} objects, or an object {"cameras": [...]} holding either."""
+    {"elevation", "azimuth", "radius"} objects, or an object {"cameras": [...]} holding either.
+    The file is untrusted: its size and nesting are bounded before parsing, and the cameras must
+    pass `check_object_cameras` (and number at most `max_cameras`)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_CAMERA_FILE_BYTES:
+            raise ValueError(f"camera file {path} is {size} bytes; expected at most {MAX_CAMERA_FILE_BYTES}")
+        text = path.read_text()
     except FileNotFoundError:
         raise ValueError(f"camera file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except IsADirectoryError:
+        raise ValueError(f"camera file {path} is a folder; expected a JSON file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"camera file {path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise ValueError(f"camera file {path} could not be read: {err.strerror or err}") from None
+    if json_depth(text) > MAX_CAMERA_FILE_DEPTH:
+        raise ValueError(f"camera file {path} nests deeper than {MAX_CAMERA_FILE_DEPTH} levels; "
+                         "expected a list of 4x4 matrices or of elevation/azimuth/radius objects")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
         raise ValueError(f"camera file {path} is not valid JSON: {err}") from None
     if isinstance(data, dict) and "cameras" in data:
         data = data["cameras"]
     if not isinstance(data, list) or not data:
         raise ValueError(f"camera file {path}: expected a non-empty list of cameras")
+    if max_cameras is not None and len(data) > max_cameras:
+        raise ValueError(f"camera file {path} holds {len(data)} cameras; at most {max_cameras} are allowed")
     if all(isinstance(c, dict) for c in data):
         try:
             angles = torch.tensor([[float(c["elevation"]), float(c["azimuth"]), float(c["radius"])] for c in data])
@@ -199,14 +275,20 @@ def load_trajectory(path: str | Path) -> torch.Tensor:
             raise ValueError(
                 f"camera file {path}: each camera object needs numeric elevation, azimuth and radius ({err})"
             ) from None
+        if not torch.isfinite(angles).all():
+            raise ValueError(f"camera file {path}: elevation, azimuth and radius must be finite numbers")
         if (angles[:, 2] <= 0).any():
             raise ValueError(f"camera file {path}: every radius must be positive")
-        return orbit_camera(angles[:, 0], angles[:, 1], angles[:, 2])
-    try:
-        c2w = torch.tensor(data, dtype=torch.float32)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"camera file {path}: expected 4x4 matrices or elevation/azimuth/radius objects ({err})") from None
-    return check_c2w(c2w, name=f"camera file {path}")
+        if (angles[:, 0].abs() > 90).any():
+            raise ValueError(f"camera file {path}: every elevation must be in [-90, 90] degrees")
+        c2w = orbit_camera(angles[:, 0], angles[:, 1], angles[:, 2])
+    else:
+        try:
+            c2w = torch.tensor(data, dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"camera file {path}: expected 4x4 matrices or elevation/azimuth/radius objects ({err})") from None
+    return check_object_cameras(c2w, name=f"camera file {path}")
 
 
 def save_trajectory(path: str | Path, c2w: torch.Tensor) -> None:

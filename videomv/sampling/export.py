@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -13,6 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..gaussians import save_ply
+from ..io import atomic_directory
 
 MIN_IMAGE_SIZE = 16
 
@@ -39,6 +38,16 @@ def load_condition_image(path: str | Path, resolution: int) -> torch.Tensor:
     if array.shape[-1] == 4:
         array = array[..., :3] * array[..., 3:] + (1.0 - array[..., 3:])
     return torch.from_numpy(array).permute(2, 0, 1).clamp(0, 1).contiguous()
+
+
+def border_off_background(image: torch.Tensor, background, width: int = 2, tolerance: float = 0.1) -> float:
+    """The fraction of the pixels in a `width`-pixel frame around (3, H, W) `image` that differ from
+    `background` (RGB in [0, 1]) by more than `tolerance` in some channel. An object image on the
+    model's background gives about 0; a photo with its surroundings, most of the frame."""
+    frame = torch.ones(image.shape[-2:], dtype=torch.bool)
+    frame[width:-width, width:-width] = False
+    off = (image - torch.as_tensor(background, dtype=image.dtype).view(3, 1, 1)).abs().amax(0) > tolerance
+    return float(off[frame].float().mean())
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -74,13 +83,12 @@ def write_video(frames: np.ndarray, path_without_suffix: Path, fps: int = 8) -> 
 def save_generation(output, out_dir: str | Path, extra_settings: dict | None = None) -> dict:
     """Write views (one PNG each + grid), an orbit video, the Gaussians (.ply), the cameras and the
     resolved settings into `out_dir`. All is written to a temporary folder first and moved into
-    place at the end, so a failure leaves nothing half-written. Returns {name: path}."""
+    place at the end, so a failure or an interrupt leaves nothing half-written; the files get the
+    umask's permissions. Returns {name: path}."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"output folder {out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, replace=False) as tmp:
         frames = to_uint8(output.images)
         (tmp / "views").mkdir()
         for i, frame in enumerate(frames):
@@ -97,10 +105,4 @@ def save_generation(output, out_dir: str | Path, extra_settings: dict | None = N
         settings = {**output.settings, "aware_steps_used": list(output.aware_steps), **(extra_settings or {})}
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
         written.update(cameras="cameras.json", settings="settings.json")
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {name: out_dir / rel for name, rel in written.items()}
