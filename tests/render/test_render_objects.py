@@ -25,7 +25,7 @@ trimesh = pytest.importorskip("trimesh")
 from videomv.data import GObjaverseDataset  # noqa: E402
 from videomv.toy import world  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RES = 64
 
 

@@ -30,7 +30,7 @@ from videomv.eval.suite import MetricSuite
 from videomv.eval.view_sets import ViewSet
 from videomv.geometry import get_rays, orbit_camera, orbit_cameras
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GREY = (0.5, 0.5, 0.5)
 SMALL_FIT = FitSettings(resolution=32, num_gaussians=300, iters=40, views_per_step=3, lr=2.0)
 TINY_FIT = FitSettings(resolution=16, num_gaussians=50, iters=3, views_per_step=2)

@@ -32,36 +32,7 @@ from videomv.recon.unet import MultiViewAttention, MultiViewUNet, SelfAttention
 LGM_BIG_UNET_PARAMS = 415_042_638
 
 
-def _find_tsv() -> Path | None:
-    for root in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
-        if (root / "lgm_big_state_dict.tsv").is_file():
-            return root / "lgm_big_state_dict.tsv"
-    return None
-
-
-def _random_rigid(generator: torch.Generator) -> torch.Tensor:
-    q = torch.nn.functional.normalize(torch.randn(4, generator=generator), dim=0)
-    rot = torch.from_numpy(Rotation.from_quat(q.numpy()).as_matrix()).float()
-    g = torch.eye(4)
-    g[:3, :3] = rot
-    g[:3, 3] = torch.randn(3, generator=generator)
-    return g
-
-
-def _orbit_rig(elevation=15.0, radius=2.0, start=0.0) -> torch.Tensor:
-    return orbit_cameras(24, elevation, radius, start)[[0, 6, 12, 18]]
-
-
-# Same weights as `tiny`, 4x cheaper, with LGM's absolute positions (ray positions: their own test).
-SMALL_INPUT = dict(input_size=32, splat_size=16, output_size=32, position="absolute")
-
-
-@pytest.fixture
-def tiny():
-    """The `tiny` preset's network, run at 32^2 input to keep the tests fast."""
-    torch.manual_seed(0)
-    return Reconstructor(get_preset("tiny", **SMALL_INPUT)).eval()
-
+LGM_BIG_KEYS = Path(__file__).resolve().parents[1] / "fixtures" / "release_keys" / "lgm_big_state_dict.tsv"
 
 # ---------------------------------------------------------------------------------------------- #
 # LGM "big" compatibility
@@ -69,9 +40,7 @@ def tiny():
 
 
 def test_big_preset_has_exactly_lgm_parameter_names_and_shapes():
-    tsv = _find_tsv()
-    if tsv is None:
-        pytest.skip("lgm_big_state_dict.tsv not found in ../shared/data or /work/shared/data")
+    tsv = LGM_BIG_KEYS
     rows = [line.rstrip("\n").split("\t") for line in tsv.read_text().splitlines() if line and not line.startswith("#")]
     assert rows[0] == ["key", "shape"]
     reference = {key: tuple(ast.literal_eval(shape)) for key, shape in rows[1:]}

@@ -19,7 +19,7 @@ from videomv.train.recon import ReconstructorTask, choose_views
 from videomv.toy import build_configured_world, ensure_toy_dataset
 from videomv.train.schema import ReconConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "toy_recon.yaml"
 
 

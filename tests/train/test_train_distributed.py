@@ -17,7 +17,7 @@ import pytest
 
 from test_train import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

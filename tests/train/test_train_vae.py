@@ -23,7 +23,7 @@ from videomv.train.vae import VAETask, latent_std, recomposite
 
 from videomv.toy import build_configured_world
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = [
     "data.toy.num_objects=6", "data.toy.resolution=16",

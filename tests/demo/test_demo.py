@@ -19,7 +19,7 @@ from videomv.gaussians import load_ply  # noqa: E402
 from videomv.geometry import orbit_angles  # noqa: E402
 from videomv.sampling.export import to_uint8  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from videomv.recon import Reconstructor
 from videomv.sampling.parity import settings_for
 from videomv.sampling.system import VideoMV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_tool():

@@ -18,7 +18,7 @@ from videomv.toy import world as toyworld
 from videomv.toy.writer import build_dataset, object_key, split_indices
 from videomv.geometry import focal_from_fov, gobjaverse_json_to_c2w, orbit_camera
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from videomv.mesh.texture import depth_buffers, rasterize_uv  # noqa: E402
 from videomv.toy import world as toyworld  # noqa: E402
 from videomv.toy.references import toy_reference_mesh  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECONSTRUCTOR = REPO / "data" / "embedded" / "t2mv" / "reconstructor"
 FOVY, BACKGROUND = 49.1, 128 / 255
 INPUT_VIEWS = [0, 6, 12, 18]

@@ -28,7 +28,7 @@ from videomv.train.schema import MultiViewConfig
 
 from videomv.toy import build_configured_world
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "toy_t2mv.yaml"
 
 TINY = [

@@ -24,7 +24,7 @@ from videomv.models import I2MVUNet, T2MVUNet
 from videomv.recon import Reconstructor
 
 # Names and shapes of the release's full-scale state dicts, as built by its own code on the meta device.
-KEY_LISTS = Path(__file__).resolve().parent / "data" / "release_keys"
+KEY_LISTS = Path(__file__).resolve().parents[1] / "fixtures" / "release_keys"
 
 
 def read_key_list(name: str) -> dict[str, tuple[int, ...]]:

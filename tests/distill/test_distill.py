@@ -16,7 +16,7 @@ from videomv.distill import (DistillConfig, MultiViewPrior, distill, load_config
 from videomv.geometry import camera_vector, orbit_angles, orbit_cameras
 from videomv.sampling.ddim import ddim_with
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EMBEDDED = REPO / "data" / "embedded" / "t2mv"
 PROMPT = "a red sphere"
 

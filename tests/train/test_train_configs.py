@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from videomv.train.config import load_config, read_layers
 from videomv.train.schema import MultiViewConfig, ReconConfig, VAEConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "rebuild_embedded.sh"
 SCHEMAS = {"train_mv.py": MultiViewConfig, "train_recon.py": ReconConfig, "train_vae.py": VAEConfig}
 

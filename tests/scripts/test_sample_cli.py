@@ -21,7 +21,7 @@ from videomv.gaussians import load_ply
 from videomv.geometry import orbit_cameras, save_trajectory
 from videomv.sampling.system import VideoMV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

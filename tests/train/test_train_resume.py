@@ -27,7 +27,7 @@ from videomv.train.engine import train
 from videomv.train.mv import MultiViewTask
 from videomv.train.recon import ReconstructorTask
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 from videomv.toy import build_configured_world
 

@@ -12,7 +12,7 @@ from videomv.geometry import orbit_cameras
 from videomv.models.conditioning import bundled_clip_tokenizer, is_bundled_clip_tokenizer
 from videomv.sampling.system import VideoMV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_tool():

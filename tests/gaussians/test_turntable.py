@@ -14,7 +14,7 @@ import torch
 from videomv.gaussians import GaussianSet
 from videomv.gaussians.turntable import render_turntable, save_turntable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FOVY = 49.1
 
 
