@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from ..defaults import GREY, WHITE
+
 logger = logging.getLogger("videomv.data")
 
-BACKGROUNDS = {"grey": (128 / 255,) * 3, "gray": (128 / 255,) * 3, "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+BACKGROUNDS = {"grey": GREY, "gray": GREY, "white": WHITE, "black": (0.0, 0.0, 0.0)}
 
 
 class ItemError(Exception):

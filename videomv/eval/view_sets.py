@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from videomv.data.common import parse_background, resize
+from videomv.defaults import TEXT
 from videomv.geometry import check_c2w
 
-DEFAULT_BACKGROUND = (128 / 255,) * 3  # the text model's grey
+DEFAULT_BACKGROUND = TEXT.background
 
 
 @dataclass

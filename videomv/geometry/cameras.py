@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from ..defaults import TEXT
+
 # OpenCV camera axes (x right, y down, z forward) <-> OpenGL camera axes (x right, y up, z back):
 # flip the camera's y and z columns. The matrix is its own inverse.
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
@@ -83,7 +85,8 @@ def orbit_camera(elevation, azimuth, radius, target=(0.0, 0.0, 0.0)) -> torch.Te
 
 
 def orbit_cameras(
-    num_views: int = 24, elevation: float = 15.0, radius: float = 2.0, start_azimuth: float = 0.0
+    num_views: int = TEXT.num_views, elevation: float = TEXT.elevation, radius: float = TEXT.radius,
+    start_azimuth: float = 0.0,
 ) -> torch.Tensor:
     """`num_views` cameras evenly spaced in azimuth (360/num_views apart) at a fixed elevation."""
     if num_views < 1:

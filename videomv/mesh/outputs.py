@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import TEXT
 from .export import MeshSettings, save_mesh, textured_mesh
 
 
@@ -19,7 +20,7 @@ def save_3d_outputs(output, out_dir: str | Path, mesh: bool = False, turntable_r
         return {}
     if output.gaussians is None:
         raise ValueError("the mesh and the turntable need Gaussians: this model has no reconstructor")
-    fovy = output.settings.get("fovy", 49.1)
+    fovy = output.settings.get("fovy", TEXT.fovy)
     written, tri = {}, None
     if mesh:
         tri = textured_mesh(output.gaussians, output.images, output.cameras, fovy, settings, progress)
