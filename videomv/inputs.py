@@ -57,9 +57,8 @@ def check_out(out: Path) -> None:
 
 
 def check_steps(model: Path, steps: int) -> None:
-    """The model's scheduler gives `steps` timesteps inside its training range for this count (some
-    spacings do not for some counts: "trailing" adds a step at -1, "leading" with an offset reaches
-    the end of the range)."""
+    """The model's scheduler gives `steps` timesteps inside its training range for this count
+    (`videomv.sampling.ddim.set_step_count`), read from the folder without loading weights."""
     import diffusers
 
     try:
@@ -71,17 +70,12 @@ def check_steps(model: Path, steps: int) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"--model: {model}/scheduler has no readable diffusers scheduler config ({err})") from None
 
-    def fits(n: int) -> bool:
-        scheduler.set_timesteps(n)
-        t = scheduler.timesteps
-        return len(t) == n and int(t.min()) >= 0 and int(t.max()) < scheduler.config.num_train_timesteps
+    from videomv.sampling.ddim import set_step_count
 
-    if not fits(steps):
-        near = sorted((n for n in range(max(1, steps - 10), min(1000, steps + 10) + 1) if fits(n)),
-                      key=lambda n: abs(n - steps))[:2]
-        raise InputError(f"--steps {steps}: the model's scheduler ({scheduler.config.timestep_spacing} spacing) "
-                         f"gives timesteps outside [0, {scheduler.config.num_train_timesteps - 1}] for this count; "
-                         f"try {' or '.join(map(str, sorted(near)))}")
+    try:
+        set_step_count(scheduler, steps)
+    except ValueError as err:
+        raise InputError(f"--steps {steps}: {err}") from None
 
 
 def check_device(name: str | None) -> str:

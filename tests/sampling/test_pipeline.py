@@ -254,3 +254,15 @@ def test_release_defaults_are_the_papers_and_reach_pipelines_and_settings():
         release_defaults("video")
     with pytest.raises(TypeError, match="unknown settings"):
         VideoMVSettings.for_task("text", guidance=2.0)
+
+
+def test_step_counts_the_spacing_cannot_give_are_refused():
+    from videomv.sampling.ddim import ddim_with, set_step_count, text_scheduler
+
+    trailing = ddim_with(text_scheduler().config, timestep_spacing="trailing")
+    trailing.set_timesteps(61)  # diffusers: 62 timesteps, the last one -1
+    assert len(trailing.timesteps) == 62 and int(trailing.timesteps[-1]) == -1
+    with pytest.raises(ValueError, match=r"trailing spacing .* for 61 steps; try 60 or 62"):
+        set_step_count(trailing, 61)
+    set_step_count(trailing, 50)
+    assert len(trailing.timesteps) == 50 and int(trailing.timesteps.min()) >= 0

@@ -290,7 +290,7 @@ def test_bad_input_is_refused_before_the_model_loads(settings_only, tmp_path, ca
 def test_a_step_count_the_embedded_scheduler_cannot_give_is_refused(tmp_path, capsys, no_model_load):
     # "trailing" spacing at 61 steps: 62 timesteps, the last -1 (it ran, reading alphas_cumprod[-1])
     code, err = run_in_process(capsys, "--prompt", "a cube", "--steps", "61", "--out", tmp_path / "run")
-    assert code == 2 and "--steps 61: the model's scheduler (trailing spacing)" in err and "try 60 or 62" in err, err
+    assert code == 2 and "--steps 61: the scheduler's trailing spacing" in err and "try 60 or 62" in err, err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -114,6 +114,26 @@ def _step(scheduler, model_output, t, latents, eta, generator) -> torch.Tensor:
     return prev.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
+def set_step_count(scheduler: DDIMScheduler, num_inference_steps: int, device=None) -> None:
+    """`scheduler.set_timesteps`, refusing a count its spacing cannot give: for some counts
+    "trailing" spacing adds a step at t = -1 and "leading" with an offset reaches t = T, and
+    diffusers returns those timesteps without a word."""
+
+    def fits(n: int) -> bool:
+        scheduler.set_timesteps(n, device=device)
+        t = scheduler.timesteps
+        return len(t) == n and int(t.min()) >= 0 and int(t.max()) < scheduler.config.num_train_timesteps
+
+    if not fits(num_inference_steps):
+        steps = num_inference_steps
+        last = min(scheduler.config.num_train_timesteps, steps + 10)
+        near = sorted((n for n in range(max(1, steps - 10), last + 1) if fits(n)), key=lambda n: abs(n - steps))[:2]
+        fits(steps)  # leave the scheduler as asked, for a caller that catches the error
+        raise ValueError(f"the scheduler's {scheduler.config.timestep_spacing} spacing gives timesteps outside "
+                         f"[0, {scheduler.config.num_train_timesteps - 1}] for {steps} steps; "
+                         f"try {' or '.join(map(str, sorted(near)))}")
+
+
 def ddim_sample(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
@@ -138,7 +158,7 @@ def ddim_sample(
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     do_cfg = guidance_scale > 1.0
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    set_step_count(scheduler, num_inference_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
 
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="DDIM", disable=not progress)):
