@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         summary, written = run(argv)
     except KeyboardInterrupt as interrupt:
         # save_generation moves a complete folder into place or removes its temporary one.
-        print(f"\ninterrupted, {interrupt or 'nothing written'}", file=sys.stderr)
+        print(f"\ninterrupted, {str(interrupt) or 'nothing written'}", file=sys.stderr)
         return 130
     print(summary)
     for name, path in written.items():

@@ -30,9 +30,32 @@ from videomv.recon import (
 from videomv.recon.unet import MultiViewAttention, MultiViewUNet, SelfAttention
 
 LGM_BIG_UNET_PARAMS = 415_042_638
-
-
 LGM_BIG_KEYS = Path(__file__).resolve().parents[1] / "fixtures" / "release_keys" / "lgm_big_state_dict.tsv"
+
+
+def _random_rigid(generator: torch.Generator) -> torch.Tensor:
+    q = torch.nn.functional.normalize(torch.randn(4, generator=generator), dim=0)
+    rot = torch.from_numpy(Rotation.from_quat(q.numpy()).as_matrix()).float()
+    g = torch.eye(4)
+    g[:3, :3] = rot
+    g[:3, 3] = torch.randn(3, generator=generator)
+    return g
+
+
+def _orbit_rig(elevation=15.0, radius=2.0, start=0.0) -> torch.Tensor:
+    return orbit_cameras(24, elevation, radius, start)[[0, 6, 12, 18]]
+
+
+# Same weights as `tiny`, 4x cheaper, with LGM's absolute positions (ray positions: their own test).
+SMALL_INPUT = dict(input_size=32, splat_size=16, output_size=32, position="absolute")
+
+
+@pytest.fixture
+def tiny():
+    """The `tiny` preset's network, run at 32^2 input to keep the tests fast."""
+    torch.manual_seed(0)
+    return Reconstructor(get_preset("tiny", **SMALL_INPUT)).eval()
+
 
 # ---------------------------------------------------------------------------------------------- #
 # LGM "big" compatibility
