@@ -430,55 +430,62 @@ def section_aware_step(scale: Scale, args, results, budget: "Budget") -> list[di
     return rows
 
 
-def section_train(scale: Scale, args, results, budget: "Budget") -> list[dict]:
+def train_step_case(scale: Scale, task: str, batch: int, checkpointing: bool, repeats: int) -> dict:
+    """Time one stage-1 step from cached latents (the noisy input is latents + noise: the schedule
+    does not change the arithmetic)."""
     from videomv.geometry import camera_vector, orbit_cameras
     from videomv.models import I2MVUNet, MultiViewCondition, T2MVUNet, denoise
     from videomv.models.conditioning import ImageConditioning
 
     device = torch.device(scale.device)
     latent = scale.resolution // 2 ** (len(scale.vae["block_out_channels"]) - 1)
+    torch.manual_seed(0)
+    with device:
+        unet = (T2MVUNet if task == "text" else I2MVUNet)(**scale.unet).train()
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    width = unet.config.cross_attention_dim
+    latents = torch.randn(batch, 4, scale.views, latent, latent, device=device)
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    cameras = camera_vector(orbit_cameras(scale.views))[None].expand(batch, -1, -1).to(device)
+    text = torch.randn(batch, 77, width, device=device)
+    condition = MultiViewCondition(text, cameras)
+    if task == "image":
+        image = ImageConditioning(torch.randn(batch, 1, width, device=device), latents.clone())
+        condition = MultiViewCondition(text, cameras, image=image, fps=torch.full((batch,), 8, device=device))
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-5, weight_decay=0.0)
+    scaler = torch.amp.GradScaler(device.type)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.float16):
+            out = denoise(unet, latents + noise, t, condition)
+        loss = (out.float() - noise).square().mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    with PeakMemory(device) as memory:
+        s = seconds(step, device, repeats)
+    return dict(seconds=s, samples_per_s=batch / s, peak_gib=memory.gib,
+                params_m=sum(p.numel() for p in unet.parameters()) / 1e6)
+
+
+def section_train(scale: Scale, args, results, budget: "Budget") -> list[dict]:
     rows = []
     for task in args.tasks:
         batch = scale.train_batch[task]
         for checkpointing in (False, True):
+            case = f"{task} batch {batch} x {scale.views} frames fp16 checkpointing {'on' if checkpointing else 'off'}"
             if budget.left() <= 0:
-                rows.append(dict(case=f"{task} checkpointing {checkpointing}", skipped="--budget-s spent"))
+                rows.append(dict(case=case, skipped="--budget-s spent"))
                 continue
-            torch.manual_seed(0)
-            with device:
-                unet = (T2MVUNet if task == "text" else I2MVUNet)(**scale.unet).train()
-            if checkpointing:
-                unet.enable_gradient_checkpointing()
-            width = unet.config.cross_attention_dim
-            latents = torch.randn(batch, 4, scale.views, latent, latent, device=device)
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, 1000, (batch,), device=device)
-            cameras = camera_vector(orbit_cameras(scale.views))[None].expand(batch, -1, -1).to(device)
-            condition = MultiViewCondition(torch.randn(batch, 77, width, device=device), cameras)
-            if task == "image":
-                condition = MultiViewCondition(
-                    condition.text, cameras, image=ImageConditioning(torch.randn(batch, 1, width, device=device),
-                                                                     latents.clone()),
-                    fps=torch.full((batch,), 8, device=device))
-            optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-5, weight_decay=0.0)
-            scaler = torch.amp.GradScaler(device.type)
-
-            def step():
-                with torch.autocast(device.type, dtype=torch.float16):
-                    out = denoise(unet, latents + noise, t, condition)
-                loss = (out.float() - noise).square().mean()
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-
-            with PeakMemory(device) as memory:
-                s = seconds(step, device, args.repeats or scale.repeats)
-            rows.append(dict(case=f"{task} batch {batch} x {scale.views} frames fp16 "
-                                  f"checkpointing {'on' if checkpointing else 'off'}",
-                             seconds=s, samples_per_s=batch / s, peak_gib=memory.gib,
-                             params_m=sum(p.numel() for p in unet.parameters()) / 1e6))
-            del unet, optimizer, scaler
+            try:
+                rows.append(dict(case=case, **train_step_case(scale, task, batch, checkpointing,
+                                                              args.repeats or scale.repeats)))
+            except torch.cuda.OutOfMemoryError:  # the other cases still run
+                rows.append(dict(case=case, failed="out of GPU memory"))
             free_memory()
     return rows
 
@@ -614,13 +621,18 @@ def section_render(scale: Scale, args, results, budget: "Budget") -> list[dict]:
                     out = fn(GaussianSet(**leaves), cameras, size, size)
                     (out["rgb"].mean() + out["alpha"].mean()).backward()
 
-                with PeakMemory(device) as memory:
-                    fwd = seconds(forward, device, args.repeats or scale.repeats)
-                    both = seconds(backward, device, args.repeats or scale.repeats)
+                case = f"{name} {n} Gaussians {size}^2 x {scale.render_views} views"
+                try:
+                    with PeakMemory(device) as memory:
+                        fwd = seconds(forward, device, args.repeats or scale.repeats)
+                        both = seconds(backward, device, args.repeats or scale.repeats)
+                except torch.cuda.OutOfMemoryError:  # the other cases still run
+                    rows.append(dict(case=case, failed="out of GPU memory"))
+                    free_memory()
+                    continue
                 rgb = forward()["rgb"].float()
                 reference = rgb if reference is None else reference
-                rows.append(dict(case=f"{name} {n} Gaussians {size}^2 x {scale.render_views} views",
-                                 forward_ms=fwd * 1e3, forward_backward_ms=both * 1e3, peak_gib=memory.gib,
+                rows.append(dict(case=case, forward_ms=fwd * 1e3, forward_backward_ms=both * 1e3, peak_gib=memory.gib,
                                  max_abs_diff_vs_first=float((rgb - reference).abs().max())))
     return rows
 
