@@ -91,7 +91,8 @@ class Scale:
     gaussians: tuple
     render_sizes: tuple
     render_views: int
-    repeats: int
+    repeats: int  # timed runs per case
+    warmup: bool  # one untimed run first
     cost_s: dict = field(default_factory=dict)  # estimated seconds per section, for --budget-s
 
 
@@ -99,7 +100,8 @@ FULL = Scale(
     device="cuda", resolution=256, views=24, steps=50, unet={}, vae=MODELSCOPE_VAE, text_encoder=VIT_H_TEXT,
     image_encoder=VIT_H_VISION, reconstructor="big",
     train_batch={"text": 4, "image": 8},  # paper: batch 32 on 8 GPUs (text); release: 8 per GPU (image)
-    recon_batch=2, matmul_size=8192, gaussians=(16384, 65536), render_sizes=(256, 512), render_views=4, repeats=2,
+    recon_batch=2, matmul_size=8192, gaussians=(16384, 65536), render_sizes=(256, 512), render_views=4,
+    repeats=2, warmup=True,
     cost_s=dict(flops=15, peak=10, sample=240, diffusers=60, aware_step=30, train=60, recon_train=40, render=90),
 )
 TINY = Scale(
@@ -112,7 +114,7 @@ TINY = Scale(
     image_encoder=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                        projection_dim=32, image_size=32, patch_size=8),
     reconstructor="tiny", train_batch={"text": 1, "image": 1}, recon_batch=1, matmul_size=128,
-    gaussians=(256, 1024), render_sizes=(32, 48), render_views=2, repeats=1,
+    gaussians=(256, 1024), render_sizes=(32, 48), render_views=2, repeats=1, warmup=False,
     cost_s=dict(flops=1, peak=1, sample=5, diffusers=2, aware_step=1, train=2, recon_train=1, render=2),
 )
 
@@ -127,9 +129,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds(fn, device: torch.device, repeats: int) -> float:
-    """Median wall seconds of `fn` over `repeats` runs after one warm-up run."""
-    fn()
+def seconds(fn, device: torch.device, repeats: int, warmup: bool = True) -> float:
+    """Median wall seconds of `fn` over `repeats` runs after one warm-up run (or none)."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         sync(device)
@@ -150,6 +153,11 @@ def count_cpu_attention() -> None:
     flash = aten._scaled_dot_product_flash_attention
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu") and flash in flop_registry:
         flop_registry.setdefault(aten._scaled_dot_product_flash_attention_for_cpu, flop_registry[flash])
+
+
+def timed(fn, scale: Scale, args) -> float:
+    """`seconds` with the run's repeats (--repeats, else the scale's) and the scale's warm-up."""
+    return seconds(fn, torch.device(scale.device), args.repeats or scale.repeats, scale.warmup)
 
 
 def flops_of(fn) -> int:
@@ -354,7 +362,7 @@ def section_sample(scale: Scale, args, results, budget: "Budget") -> list[dict]:
                     aware_one = flops_of(sample_call(model, scale, mode, image, steps=1, aware_steps=[0]))
                     flops += len(schedule) * (aware_one - one)
                 with PeakMemory(device) as memory:
-                    s = seconds(sample_call(model, scale, mode, image), device, args.repeats or scale.repeats)
+                    s = timed(sample_call(model, scale, mode, image), scale, args)
                 peak = peak_tflops(results, name, args)
                 achieved = flops / s / 1e12
                 rows.append(dict(case=f"{task} {mode} {name}", seconds=s, peak_gib=memory.gib,
@@ -373,7 +381,6 @@ def section_diffusers(scale: Scale, args, results, budget: "Budget") -> list[dic
     from videomv.geometry import orbit_cameras
     from videomv.sampling import text_scheduler
 
-    device = torch.device(scale.device)
     name = args.dtypes[0]
     model = build_system(scale, "text", DTYPES[name], with_reconstructor=False)
     pipe = model.pipeline
@@ -390,10 +397,10 @@ def section_diffusers(scale: Scale, args, results, budget: "Budget") -> list[dic
                   height=scale.resolution, width=scale.resolution)
     rows = []
     for output in ("latent", "pt"):
-        ours = seconds(lambda: pipe(PROMPT, cameras=cameras, seed=0, output_type=output, progress=False, **common),
-                       device, args.repeats or scale.repeats)
-        theirs = seconds(lambda: ref(PROMPT, num_frames=scale.views, generator=torch.Generator().manual_seed(0),
-                                     output_type=output, **common), device, args.repeats or scale.repeats)
+        ours = timed(lambda: pipe(PROMPT, cameras=cameras, seed=0, output_type=output, progress=False, **common),
+                     scale, args)
+        theirs = timed(lambda: ref(PROMPT, num_frames=scale.views, generator=torch.Generator().manual_seed(0),
+                                   output_type=output, **common), scale, args)
         rows.append(dict(case=f"text plain {name} ({'latents' if output == 'latent' else 'decoded'})",
                          ours_s=ours, diffusers_s=theirs, ratio=ours / theirs))
     return rows
@@ -411,7 +418,6 @@ def section_aware_step(scale: Scale, args, results, budget: "Budget") -> list[di
                               steps=[0], input_views=find_orthogonal_views(cameras[0]))
     latent = scale.resolution // model.pipeline.vae_scale_factor
     z0 = torch.randn(1, 4, scale.views, latent, latent, device=device, dtype=DTYPES[name])
-    repeats = args.repeats or scale.repeats
     views = hook.decode(z0[:, :, hook.input_views])
     gaussians = hook.reconstruct(views)
     renders = hook.render_views(gaussians, scale.resolution, scale.resolution)
@@ -425,7 +431,7 @@ def section_aware_step(scale: Scale, args, results, budget: "Budget") -> list[di
     rows = []
     for case, fn in parts.items():
         with PeakMemory(device) as memory:
-            t = seconds(fn, device, repeats)
+            t = timed(fn, scale, args)
         rows.append(dict(case=f"{case} {name}", seconds=t, peak_gib=memory.gib))
     return rows
 
@@ -467,7 +473,7 @@ def train_step_case(scale: Scale, task: str, batch: int, checkpointing: bool, re
         optimizer.zero_grad(set_to_none=True)
 
     with PeakMemory(device) as memory:
-        s = seconds(step, device, repeats)
+        s = seconds(step, device, repeats, scale.warmup)
     return dict(seconds=s, samples_per_s=batch / s, peak_gib=memory.gib,
                 params_m=sum(p.numel() for p in unet.parameters()) / 1e6)
 
@@ -523,7 +529,7 @@ def section_recon_train(scale: Scale, args, results, budget: "Budget") -> list[d
         optimizer.zero_grad(set_to_none=True)
 
     with PeakMemory(device) as memory:
-        s = seconds(step, device, args.repeats or scale.repeats)
+        s = timed(step, scale, args)
     return [dict(case=f"{scale.reconstructor} batch {batch}, {scale.views} views at {size}^2, "
                       f"{model.config.num_gaussians} Gaussians each", seconds=s, samples_per_s=batch / s,
                  peak_gib=memory.gib)]
@@ -624,8 +630,8 @@ def section_render(scale: Scale, args, results, budget: "Budget") -> list[dict]:
                 case = f"{name} {n} Gaussians {size}^2 x {scale.render_views} views"
                 try:
                     with PeakMemory(device) as memory:
-                        fwd = seconds(forward, device, args.repeats or scale.repeats)
-                        both = seconds(backward, device, args.repeats or scale.repeats)
+                        fwd = timed(forward, scale, args)
+                        both = timed(backward, scale, args)
                 except torch.cuda.OutOfMemoryError:  # the other cases still run
                     rows.append(dict(case=case, failed="out of GPU memory"))
                     free_memory()
