@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights: nothing is downloaded, nothing is asked for
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -546,6 +548,18 @@ def random_gaussians(n: int, device: torch.device):
                        colors=torch.rand(n, 3, generator=g).to(device))
 
 
+def kill_session(sid: int) -> None:
+    """Kill every process of session `sid` (a child started with start_new_session): ninja runs
+    each compiler job in a process group of its own, so killing the child's group is not enough."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def gsplat_ready(budget: "Budget") -> tuple[bool, str, float]:
     """gsplat compiles its CUDA code on first use: build it in a child process under a time limit
     (what the budget leaves, at most 300 s) so a slow or failing build cannot stall the run; only
@@ -556,15 +570,18 @@ def gsplat_ready(budget: "Budget") -> tuple[bool, str, float]:
         return False, f"not importable ({err})", 0.0
     limit = max(1.0, min(300.0, budget.left()))
     major, minor = torch.cuda.get_device_capability()
-    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")}
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")  # the child and this process alike
     start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", "from gsplat.cuda._backend import _C; assert _C is not None"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, "-c", "from gsplat.cuda._backend import _C; assert _C is not None"],
-                              capture_output=True, text=True, timeout=limit, env=env)
+        output, _ = child.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
+        kill_session(child.pid)
+        child.communicate()
         return False, f"CUDA build did not finish within {limit:.0f} s", time.perf_counter() - start
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    if child.returncode != 0:
+        tail = output.strip().splitlines()[-3:]
         return False, "CUDA build failed: " + " | ".join(tail), time.perf_counter() - start
     return True, "", time.perf_counter() - start
 
