@@ -6,6 +6,7 @@ per-part colour and layout scores (`videomv/toy/parts.py`), each over all test o
 for objects whose caption occurs in the train split ("seen") and whose caption never does ("unseen").
 
     python tools/toy_model_bar.py --data-root data/toy_world_64 --limit 32 --seeds 2
+    python tools/toy_model_bar.py --data-root data/toy_world_64 --captions unseen --limit 4
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from videomv.toy.bar import gap_closed, image_bar_row, text_bar_row, training_captions
 from videomv.toy.cli import add_toy_objects_args, toy_objects
+from videomv.toy.references import toy_object_for
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +52,21 @@ def main(argv=None) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's)")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
     p.add_argument("--seeds", type=int, default=1, help="number of sampling seeds per object (--seed, --seed + 1, ...)")
+    p.add_argument("--captions", choices=("all", "seen", "unseen"), default="all",
+                   help="score only objects whose caption occurs (seen) or never occurs (unseen) in the train split")
     p.add_argument("--no-3d-aware", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
-    objects = toy_objects(p, args)
+    objects = toy_objects(p, argparse.Namespace(**{**vars(args), "limit": 2**31}))
     seen = training_captions(args.data_root)
+    if args.captions != "all":
+        objects = [o for o in objects if (toy_object_for(args.data_root, o).caption in seen) == (args.captions == "seen")]
+    objects = objects[: args.limit]
+    if not objects:
+        p.error(f"--captions {args.captions}: no such object in the {args.split} split of {args.data_root}")
     runs = [(o, args.seed + k) for o in objects for k in range(args.seeds)]
     aware = not args.no_3d_aware
     kwargs = dict(three_d_aware=aware, steps=args.steps, guidance_scale=args.guidance)

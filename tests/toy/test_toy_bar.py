@@ -210,3 +210,11 @@ def test_tool_reports_seen_and_unseen_groups_over_seeds(toy_root, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         tool.main(["--data-root", str(toy_root), "--seeds", "0"])
     assert e.value.code == 2 and "--seeds must be >= 1" in capsys.readouterr().err
+    # --captions: the train split's own objects are all "seen"
+    missing = tmp_path / "missing"
+    tool.main(["--data-root", str(toy_root), "--split", "train", "--captions", "seen", "--limit", "1",
+               "--text-model", str(missing), "--image-model", str(missing)])
+    assert "no text model" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--data-root", str(toy_root), "--split", "train", "--captions", "unseen"])
+    assert e.value.code == 2 and "--captions unseen: no such object" in capsys.readouterr().err
