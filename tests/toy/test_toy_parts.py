@@ -82,8 +82,10 @@ def test_swapped_part_colours_fail():
     s = score(views_of(flipped)[0], two_tone, cams)
     assert s.in_place == [False, False] and s.layout is True  # still "half this and half that"
 
-    single = first_of("single")
-    other = next(c for c in PALETTE_NAMES if c != single.primitives[0].color)
+    # white: its shades include the grey background, which must not count as white
+    single = next(o for o in (world.sample_object(0, i) for i in range(200))
+                  if o.recipe[0] == "single" and o.primitives[0].color == "white")
+    other = "red"
     views, cams = views_of(single)
     s = score(views_of(replace(single, primitives=[replace(single.primitives[0], color=other)]))[0], single, cams)
     assert s.in_place == [False] and s.present == [False]
@@ -158,8 +160,9 @@ def test_layout_on_hand_built_maps():
 
 def test_classify_colour_present_and_in_place_by_hand():
     shaded = (PALETTE_RGB * 0.6).T[None, :, :, None]  # one view, 8 x 1 pixels: each palette colour, shaded
-    views = torch.cat([shaded, torch.full((1, 3, 1, 1), 0.5)], 2)  # and one background pixel
-    assert classify(views, GREY).flatten().tolist() == list(range(len(PALETTE_NAMES))) + [BACKGROUND]
+    views = torch.cat([shaded, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.53)], 2)  # and background
+    assert classify(views, GREY).flatten().tolist() == list(range(len(PALETTE_NAMES))) + [BACKGROUND] * 2
+    assert classify(views, GREY, background_tolerance=0.01)[0, -1, 0] == PALETTE_NAMES.index("white")
 
     classes = torch.tensor([[[RED, RED, RED, BLUE, BACKGROUND]]])
     cov = torch.tensor([[[[1.0, 1.0, 1.0, 0.0, 0.0]]], [[[0.0, 0.0, 0.0, 1.0, 1.0]]]])  # truth: 3 red, 2 blue

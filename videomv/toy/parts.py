@@ -123,16 +123,18 @@ def colour_in_place(views: torch.Tensor, parts: list[Part], coverage: torch.Tens
     return hits
 
 
-def classify(views: torch.Tensor, background) -> torch.Tensor:
+def classify(views: torch.Tensor, background, background_tolerance: float = 0.06) -> torch.Tensor:
     """Per pixel of `views` (V, 3, H, W): the index of the palette colour it is nearest to under
-    some shading in [AMBIENT, AMBIENT + DIFFUSE], or BACKGROUND if `background` is nearer: (V, H, W)."""
+    some shading in [AMBIENT, AMBIENT + DIFFUSE], or BACKGROUND if `background` is nearer or
+    within `background_tolerance` (a grey background is also a shaded white): (V, H, W)."""
     _check_views(views)
     pix = views.permute(0, 2, 3, 1)[..., None, :]  # (V, H, W, 1, 3)
     p = PALETTE_RGB
     a = ((pix * p).sum(-1) / (p * p).sum(-1)).clamp(world.AMBIENT, world.AMBIENT + world.DIFFUSE)
     residual = (pix - a[..., None] * p).norm(dim=-1)  # (V, H, W, 8)
     bg = (pix[..., 0, :] - torch.as_tensor(background, dtype=views.dtype)).norm(dim=-1)
-    return torch.cat([residual, bg[..., None]], -1).argmin(-1)
+    classes = torch.cat([residual, bg[..., None]], -1).argmin(-1)
+    return torch.where(bg <= background_tolerance, BACKGROUND, classes)
 
 
 def colour_present(classes: torch.Tensor, parts: list[Part], coverage: torch.Tensor, share: float = 0.5) -> list[bool]:
