@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from videomv.sampling.system import VideoMV
 from videomv.toy.bar import gap_closed, image_bar_row, text_bar_row, training_captions
 from videomv.toy.cli import add_toy_objects_args, toy_objects
 from videomv.toy.references import toy_object_for
-from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
         p.error(f"--captions {args.captions}: no such object in the {args.split} split of {args.data_root}")
     runs = [(o, args.seed + k) for o in objects for k in range(args.seeds)]
     aware = not args.no_3d_aware
-    kwargs = dict(three_d_aware=aware, steps=args.steps, guidance_scale=args.guidance)
+    kwargs = {"three_d_aware": aware, "steps": args.steps, "guidance_scale": args.guidance}
 
     if (args.text_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.text_model)

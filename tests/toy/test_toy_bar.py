@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from videomv.toy import world as toyworld
-from videomv.toy.writer import build_dataset
+from videomv.toy.bar import (
+    composite,
+    image_bar_psnr,
+    neighbour_difference,
+    text_bar_row,
+)
 from videomv.toy.references import toy_object_for
-from videomv.toy.bar import composite, image_bar_psnr, neighbour_difference, text_bar_row
+from videomv.toy.writer import build_dataset
 
 RES = 24
 GREY = (0.5, 0.5, 0.5)

@@ -8,8 +8,19 @@ import torch
 
 from videomv.toy import world
 from videomv.toy.bar import composite
-from videomv.toy.parts import (BACKGROUND, PALETTE_NAMES, PALETTE_RGB, Part, classify, colour_in_place, colour_present,
-                               layout_right, object_parts, part_coverage, score_parts)
+from videomv.toy.parts import (
+    BACKGROUND,
+    PALETTE_NAMES,
+    PALETTE_RGB,
+    Part,
+    classify,
+    colour_in_place,
+    colour_present,
+    layout_right,
+    object_parts,
+    part_coverage,
+    score_parts,
+)
 
 RES = 32
 GREY = (0.5, 0.5, 0.5)
@@ -78,7 +89,7 @@ def test_swapped_part_colours_fail():
     two_tone = first_of("two_tone")
     (prim,) = two_tone.primitives
     flipped = replace(two_tone, primitives=[replace(prim, color=prim.color2, color2=prim.color)])
-    views, cams = views_of(two_tone)
+    cams = views_of(two_tone)[1]
     s = score(views_of(flipped)[0], two_tone, cams)
     assert s.in_place == [False, False] and s.layout is True  # still "half this and half that"
 
@@ -86,7 +97,7 @@ def test_swapped_part_colours_fail():
     single = next(o for o in (world.sample_object(0, i) for i in range(200))
                   if o.recipe[0] == "single" and o.primitives[0].color == "white")
     other = "red"
-    views, cams = views_of(single)
+    cams = views_of(single)[1]
     s = score(views_of(replace(single, primitives=[replace(single.primitives[0], color=other)]))[0], single, cams)
     assert s.in_place == [False] and s.present == [False]
 
@@ -97,13 +108,13 @@ def test_wrong_arrangements_fail():
     assert score(views.flip(-2), stacked, cams).layout is False  # upside down: bottom colour on top
 
     beside = first_of("side_by_side")
-    (a, ca, _), (b, cb, _) = beside.recipe[1]
+    (a, ca, _), (_, cb, _) = beside.recipe[1]
     as_stack = world.realize(("stacked", ((a, ca, None), ("cube", cb, None))), world._rng(5, 0))
     views, cams = views_of(beside)
     assert score(views_of(as_stack)[0], beside, cams).layout is False
 
     two_tone = first_of("two_tone")
-    shape, c1, c2 = two_tone.recipe[1][0]
+    shape, c1, _ = two_tone.recipe[1][0]
     one_colour = world.realize(("single", ((shape, c1, None),)), world._rng(5, 1))
     views, cams = views_of(two_tone)
     assert score(views_of(one_colour)[0], two_tone, cams).layout is False  # the second half is never drawn

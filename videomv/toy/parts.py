@@ -150,7 +150,7 @@ def colour_present(classes: torch.Tensor, parts: list[Part], coverage: torch.Ten
 
 def _centroids(classes: torch.Tensor, colour: str, min_pixels: int):
     """Per view (x, y) centroid of the colour's pixels in units of the image size, NaN below min_pixels."""
-    V, H, W = classes.shape
+    _, H, W = classes.shape
     mask = (classes == PALETTE_NAMES.index(colour)).float()
     n = mask.sum((1, 2))
     ys = (torch.arange(H, dtype=torch.float32) + 0.5) / H
