@@ -80,7 +80,7 @@ def test_swapped_part_colours_fail():
     obj = first_of("stacked")
     top, bottom = obj.primitives
     swapped = replace(obj, primitives=[replace(top, color=bottom.color), replace(bottom, color=top.color)])
-    views, cams = views_of(obj)
+    cams = views_of(obj)[1]
     s = score(views_of(swapped)[0], obj, cams)
     assert s.in_place == [False, False]  # each part drawn in the other's colour
     assert s.present == [True, True]  # both colours are there ...
