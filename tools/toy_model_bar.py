@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Check the embedded toy models against their bar on unseen toy test objects (see
 `videomv/toy/bar.py`): text -> views close >= half the floor-ceiling PSNR gap with neighbouring
-views no more than 2x as different as ground truth's; image -> views >= 20 dB.
+views no more than 2x as different as ground truth's; image -> views >= 20 dB. With them, the
+per-part colour and layout scores (`videomv/toy/parts.py`), each over all test objects and apart
+for objects whose caption occurs in the train split ("seen") and whose caption never does ("unseen").
 
-    python tools/toy_model_bar.py --data-root data/toy_world_64 --limit 16
+    python tools/toy_model_bar.py --data-root data/toy_world_64 --limit 32 --seeds 2
+    python tools/toy_model_bar.py --data-root data/toy_world_64 --captions unseen --limit 4
 """
 
 from __future__ import annotations
@@ -15,11 +18,29 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from videomv.toy.bar import gap_closed, image_bar_psnr, text_bar_row
-from videomv.toy.cli import add_toy_objects_args, toy_objects
 from videomv.sampling.system import VideoMV
+from videomv.toy.bar import gap_closed, image_bar_row, text_bar_row, training_captions
+from videomv.toy.cli import add_toy_objects_args, toy_objects
+from videomv.toy.references import toy_object_for
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def percent(hits) -> str:
+    hits = list(hits)
+    return f"{100 * sum(hits) / len(hits):.0f} % ({sum(hits)}/{len(hits)})" if hits else "n/a"
+
+
+def part_summary(rows, key: str) -> tuple[str, str]:
+    """(parts right, layouts right) over rows, each a percentage with its count."""
+    return (percent(h for r in rows for h in getattr(r.parts, key)),
+            percent(r.parts.layout for r in rows if r.parts.layout is not None))
+
+
+def groups(rows, seen_captions):
+    """(name, rows) for all rows, then those whose caption is in / never in the train split."""
+    return [("all", rows), ("seen", [r for r in rows if r.caption in seen_captions]),
+            ("unseen", [r for r in rows if r.caption not in seen_captions])]
 
 
 def main(argv=None) -> None:
@@ -29,45 +50,77 @@ def main(argv=None) -> None:
     p.add_argument("--image-model", type=Path, default=REPO / "data" / "embedded" / "i2mv")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed")
+    p.add_argument("--seeds", type=int, default=1, help="number of sampling seeds per object (--seed, --seed + 1, ...)")
+    p.add_argument("--captions", choices=("all", "seen", "unseen"), default="all",
+                   help="score only objects whose caption occurs (seen) or never occurs (unseen) in the train split")
     p.add_argument("--no-3d-aware", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
-    objects = toy_objects(p, args)
+    objects = toy_objects(p, argparse.Namespace(**{**vars(args), "limit": 2**31}))
+    seen = training_captions(args.data_root)
+    if args.captions != "all":
+        objects = [o for o in objects if (toy_object_for(args.data_root, o).caption in seen) == (args.captions == "seen")]
+    objects = objects[: args.limit]
+    if not objects:
+        p.error(f"--captions {args.captions}: no such object in the {args.split} split of {args.data_root}")
+    runs = [(o, args.seed + k) for o in objects for k in range(args.seeds)]
     aware = not args.no_3d_aware
+    kwargs = {"three_d_aware": aware, "steps": args.steps, "guidance_scale": args.guidance}
 
     if (args.text_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.text_model)
-        rows = [text_bar_row(model, args.data_root, o, args.seed, three_d_aware=aware, steps=args.steps,
-                             guidance_scale=args.guidance)
-                for o in tqdm(objects, desc="text -> views")]
-        print("| object | caption | generated dB | floor dB | ceiling dB | gap closed | neighbour diff gen / truth |")
+        rows = [text_bar_row(model, args.data_root, o, seed, **kwargs) for o, seed in tqdm(runs, desc="text -> views")]
+        print("| object | seed | caption | generated dB | floor dB | ceiling dB | gap closed | neighbour diff gen / truth "
+              "| parts drawn | layout |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for (o, seed), r in zip(runs, rows):
+            print(f"| {r.object_id} | {seed} | {r.caption} | {r.generated:.2f} | {r.floor:.2f} | {r.ceiling:.2f} | "
+                  f"{r.gap_closed:.2f} | {r.neighbour_generated:.4f} / {r.neighbour_truth:.4f} | "
+                  f"{sum(r.parts.present)}/{len(r.parts.present)} | {r.parts.layout} |")
+        print(f"\ntext -> views over {len(objects)} objects x {args.seeds} seeds:")
+        print("| group | runs | generated dB | gap closed | neighbour ratio | parts drawn in their colour | layouts right |")
         print("|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r.object_id} | {r.caption} | {r.generated:.2f} | {r.floor:.2f} | {r.ceiling:.2f} | "
-                  f"{r.gap_closed:.2f} | {r.neighbour_generated:.4f} / {r.neighbour_truth:.4f} |")
+        for name, group in groups(rows, seen):
+            if not group:
+                print(f"| {name} | 0 | | | | | |")
+                continue
+            generated, floor, ceiling = (statistics.mean(getattr(r, k) for r in group) for k in ("generated", "floor", "ceiling"))
+            ratio = statistics.mean(r.neighbour_generated for r in group) / statistics.mean(r.neighbour_truth for r in group)
+            colour, layout = part_summary(group, "present")
+            print(f"| {name} | {len(group)} | {generated:.2f} | {gap_closed(generated, floor, ceiling):.2f} | {ratio:.2f} | "
+                  f"{colour} | {layout} |")
         generated, floor, ceiling = (statistics.mean(getattr(r, k) for r in rows) for k in ("generated", "floor", "ceiling"))
         gap = gap_closed(generated, floor, ceiling)
         ratio = statistics.mean(r.neighbour_generated for r in rows) / statistics.mean(r.neighbour_truth for r in rows)
-        print(f"\ntext -> views over {len(rows)} objects: generated {generated:.2f} dB, floor {floor:.2f} dB, "
-              f"ceiling {ceiling:.2f} dB; gap closed {gap:.2f} (bar >= 0.5: {'pass' if gap >= 0.5 else 'FAIL'}); "
-              f"neighbour-difference ratio "
-              f"{ratio:.2f} (bar <= 2: {'pass' if ratio <= 2 else 'FAIL'})")
+        print(f"\ntext bar: gap closed {gap:.2f} (>= 0.5: {'pass' if gap >= 0.5 else 'FAIL'}); neighbour-difference ratio "
+              f"{ratio:.2f} (<= 2: {'pass' if ratio <= 2 else 'FAIL'})")
     else:
         print(f"no text model at {args.text_model}")
 
     if (args.image_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.image_model)
-        scores = [image_bar_psnr(model, args.data_root, o, args.seed, three_d_aware=aware, steps=args.steps,
-                                 guidance_scale=args.guidance)
-                  for o in tqdm(objects, desc="image -> views")]
-        print("\n| object | image -> views dB |")
-        print("|---|---|")
-        for o, s in zip(objects, scores):
-            print(f"| {o} | {s:.2f} |")
-        mean = statistics.mean(scores)
-        print(f"\nimage -> views over {len(scores)} objects: {mean:.2f} dB (bar >= 20: {'pass' if mean >= 20 else 'FAIL'})")
+        rows = [image_bar_row(model, args.data_root, o, seed, **kwargs) for o, seed in tqdm(runs, desc="image -> views")]
+        print("\n| object | seed | caption | image -> views dB | parts in place / drawn | layout |")
+        print("|---|---|---|---|---|---|")
+        for (o, seed), r in zip(runs, rows):
+            print(f"| {o} | {seed} | {r.caption} | {r.psnr:.2f} | {sum(r.parts.in_place)} / {sum(r.parts.present)} "
+                  f"of {len(r.parts.present)} | {r.parts.layout} |")
+        print(f"\nimage -> views over {len(objects)} objects x {args.seeds} seeds:")
+        print("| group | runs | PSNR dB | parts in their colour, in place | parts drawn in their colour | layouts right |")
+        print("|---|---|---|---|---|---|")
+        for name, group in groups(rows, seen):
+            if not group:
+                print(f"| {name} | 0 | | | | |")
+                continue
+            in_place, layout = part_summary(group, "in_place")
+            present, _ = part_summary(group, "present")
+            print(f"| {name} | {len(group)} | {statistics.mean(r.psnr for r in group):.2f} | {in_place} | {present} | {layout} |")
+        mean = statistics.mean(r.psnr for r in rows)
+        print(f"\nimage bar: {mean:.2f} dB (>= 20: {'pass' if mean >= 20 else 'FAIL'})")
     else:
         print(f"no image model at {args.image_model}")
 

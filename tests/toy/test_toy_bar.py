@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from videomv.toy import world as toyworld
-from videomv.toy.writer import build_dataset
+from videomv.toy.bar import (
+    composite,
+    image_bar_psnr,
+    neighbour_difference,
+    text_bar_row,
+)
 from videomv.toy.references import toy_object_for
-from videomv.toy.bar import composite, image_bar_psnr, neighbour_difference, text_bar_row
+from videomv.toy.writer import build_dataset
 
 RES = 24
 GREY = (0.5, 0.5, 0.5)
@@ -154,3 +159,67 @@ def test_toy_objects_reads_the_split_and_rejects_bad_arguments(toy_root, tmp_pat
         with pytest.raises(SystemExit) as e:
             toy_objects(p, p.parse_args(argv))
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bar_rows_carry_part_scores(toy_root):
+    from videomv.toy.bar import image_bar_row
+
+    oid = first_object(toy_root)
+    n_parts = len(toy_object_for(toy_root, oid).primitives) + (toy_object_for(toy_root, oid).recipe[0] == "two_tone")
+    truth = text_bar_row(StandIn(toy_root, oid, "truth"), toy_root, oid).parts
+    assert truth.present == [True] * n_parts and truth.in_place == [True] * n_parts
+    blank = text_bar_row(StandIn(toy_root, oid, "background"), toy_root, oid).parts
+    assert blank.present == [False] * n_parts and blank.layout in (None, False)
+    row = image_bar_row(StandIn(toy_root, oid, "truth", task="image"), toy_root, oid)
+    assert row.psnr == float("inf") and row.parts.in_place == [True] * n_parts
+
+
+def test_training_captions_are_the_train_splits(toy_root):
+    import json
+
+    from videomv.toy.bar import training_captions
+
+    captions = json.loads((toy_root / "captions.json").read_text())  # as written with the renders
+    train = (toy_root / "train.txt").read_text().split()
+    assert training_captions(toy_root) == {captions[o] for o in train}
+
+
+def load_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "toy_model_bar.py"
+    spec = importlib.util.spec_from_file_location("toy_model_bar", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_tool_reports_seen_and_unseen_groups_over_seeds(toy_root, tmp_path, capsys):
+    import json
+
+    from tiny_videomv import tiny_image_videomv, tiny_text_videomv
+
+    tool = load_tool()
+    tiny_text_videomv(with_reconstructor=False).save_pretrained(tmp_path / "t2mv")
+    tiny_image_videomv().save_pretrained(tmp_path / "i2mv")
+    tool.main(["--data-root", str(toy_root), "--split", "test", "--limit", "1", "--seeds", "2", "--steps", "2",
+               "--no-3d-aware", "--text-model", str(tmp_path / "t2mv"), "--image-model", str(tmp_path / "i2mv")])
+    out = capsys.readouterr().out
+    test_id = (toy_root / "test.txt").read_text().split()[0]
+    assert out.count(f"| {test_id} | 0 |") == 2 and out.count(f"| {test_id} | 1 |") == 2  # text and image, 2 seeds
+    assert "| all | 2 |" in out and "over 1 objects x 2 seeds" in out
+    captions = json.loads((toy_root / "captions.json").read_text())
+    seen = captions[test_id] in {captions[o] for o in (toy_root / "train.txt").read_text().split()}
+    assert (f"| seen | {2 if seen else 0} |" in out) and (f"| unseen | {0 if seen else 2} |" in out)
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--data-root", str(toy_root), "--seeds", "0"])
+    assert e.value.code == 2 and "--seeds must be >= 1" in capsys.readouterr().err
+    # --captions: the train split's own objects are all "seen"
+    missing = tmp_path / "missing"
+    tool.main(["--data-root", str(toy_root), "--split", "train", "--captions", "seen", "--limit", "1",
+               "--text-model", str(missing), "--image-model", str(missing)])
+    assert "no text model" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--data-root", str(toy_root), "--split", "train", "--captions", "unseen"])
+    assert e.value.code == 2 and "--captions unseen: no such object" in capsys.readouterr().err

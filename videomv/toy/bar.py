@@ -7,6 +7,7 @@ turns) rendered at the same cameras. `gap_closed` = (generated - floor) / (ceili
 is at least 0.5, on the PSNRs averaged over the test prompts. Consistency: the mean absolute
 difference between neighbouring views, generated vs ground truth (bar: ratio <= 2).
 Image -> views: PSNR against the object's own ground truth, conditioned on its view 0 (bar: >= 20 dB).
+Both rows also carry the per-part colour and layout scores of `videomv.toy.parts`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from videomv.eval.metrics import psnr
 from videomv.models.denoise import MultiViewCondition, denoise
 
 from . import world as toyworld
+from .parts import PartScore, score_parts
 from .references import toy_object_for
 
 
@@ -55,6 +57,7 @@ class TextBarRow:
     ceiling: float
     neighbour_generated: float
     neighbour_truth: float
+    parts: PartScore | None = None
 
     @property
     def gap_closed(self) -> float:
@@ -78,16 +81,40 @@ def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1
     out = model(prompt=obj.caption, cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
                 guidance_scale=guidance_scale, progress=False)
     return TextBarRow(object_id, obj.caption, mean_psnr(out.images, truth), mean_psnr(floor, truth),
-                      mean_psnr(ceiling, truth), neighbour_difference(out.images), neighbour_difference(truth))
+                      mean_psnr(ceiling, truth), neighbour_difference(out.images), neighbour_difference(truth),
+                      score_parts(out.images, obj, cams, s.fovy, s.background))
+
+
+@dataclass
+class ImageBarRow:
+    object_id: str
+    caption: str
+    psnr: float
+    parts: PartScore
+
+
+def image_bar_row(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
+                  steps: int | None = None, guidance_scale: float | None = None) -> ImageBarRow:
+    """Image -> views conditioned on the object's view 0: PSNR against its own renders, and part scores."""
+    s = model.settings
+    obj, cams, truth = object_views(model, root, object_id)
+    out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
+                guidance_scale=guidance_scale, progress=False)
+    return ImageBarRow(object_id, obj.caption, mean_psnr(out.images, truth),
+                       score_parts(out.images, obj, cams, s.fovy, s.background))
 
 
 def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
                    steps: int | None = None, guidance_scale: float | None = None) -> float:
     """PSNR of image -> views against the object's own renders, conditioned on its view 0."""
-    _, cams, truth = object_views(model, root, object_id)
-    out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
-                guidance_scale=guidance_scale, progress=False)
-    return mean_psnr(out.images, truth)
+    return image_bar_row(model, root, object_id, seed, three_d_aware, steps, guidance_scale).psnr
+
+
+def training_captions(root) -> set[str]:
+    """The captions of the toy dataset's train split (objects recreated from their ids)."""
+    from videomv.eval.view_sets import read_split
+
+    return {toy_object_for(root, o).caption for o in read_split(root, "train")}
 
 
 class _FirstStepSeen(Exception):
