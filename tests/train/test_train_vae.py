@@ -19,6 +19,7 @@ from videomv.train.datasets import build_multiview_dataset
 from videomv.train.engine import train
 from videomv.data.common import composite, parse_background
 from videomv.train.schema import VAEConfig
+from videomv.train.losses import reconstruction_loss
 from videomv.train.vae import VAETask, latent_std, recomposite
 
 from videomv.toy import build_configured_world
@@ -91,12 +92,25 @@ def test_recomposite_equals_compositing_on_the_new_background():
     torch.testing.assert_close(recomposite(on_grey, alpha, grey, torch.stack([white, white])), on_white)
 
 
-def test_decoder_only_phase_keeps_the_latent_space(first_phase):
+def test_object_weighted_reconstruction_loss_by_hand():
+    recon = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]]).expand(1, 3, 2, 2)
+    target = torch.zeros(1, 3, 2, 2)
+    alpha = torch.tensor([[[[0.0, 0.0], [1.0, 0.5]]]])
+    assert float(reconstruction_loss(recon, target)) == pytest.approx(7 / 4)
+    assert float(reconstruction_loss(recon, target, "mse")) == pytest.approx(21 / 4)
+    # weights 1, 1, 1 + 3, 1 + 1.5: (0 + 1 + 4 * 2 + 2.5 * 4) / (1 + 1 + 4 + 2.5)
+    assert float(reconstruction_loss(recon, target, "l1", 1 + 3 * alpha)) == pytest.approx(19 / 8.5)
+    torch.testing.assert_close(reconstruction_loss(recon, target, "l1", torch.ones(1, 1, 2, 2)),
+                               reconstruction_loss(recon, target))
+
+
+@pytest.mark.parametrize("config", ["toy_vae_backgrounds.yaml", "toy_vae_colours.yaml"])
+def test_decoder_only_phase_keeps_the_latent_space(first_phase, config):
     tmp_path, first, _, _ = first_phase
-    out = tmp_path / "decoder_run"
+    out = tmp_path / f"decoder_run_{config}"
     with pytest.raises(ValueError, match="vae.path"):
-        run("toy_vae_backgrounds.yaml", [f"data.root={tmp_path / 'world16'}", f"output_dir={out}", "vae.path=null"])
-    run("toy_vae_backgrounds.yaml", [f"data.root={tmp_path / 'world16'}", f"output_dir={out}", f"vae.path={first / 'vae'}",
+        run(config, [f"data.root={tmp_path / 'world16'}", f"output_dir={out}", "vae.path=null"])
+    run(config, [f"data.root={tmp_path / 'world16'}", f"output_dir={out}", f"vae.path={first / 'vae'}",
                                      "max_steps=10", "validation.every=0", "optimizer.lr=3e-3"])
     before, after = AutoencoderKL.from_pretrained(first / "vae"), AutoencoderKL.from_pretrained(out / "vae")
     assert after.config.scaling_factor == before.config.scaling_factor

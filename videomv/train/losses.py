@@ -35,6 +35,18 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMSche
     return (weight * per_sample).mean()
 
 
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l1",
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 or MSE of images (N, 3, H, W); with a per-pixel `weight` (N, 1, H, W), the weighted mean
+    (sum of weight x error over the sum of weight x channels), so pixels of small objects count
+    as much as their weight says rather than by their share of the image."""
+    err = (recon - target).abs() if kind == "l1" else (recon - target).pow(2)
+    if weight is None:
+        return err.mean()
+    weight = weight.expand_as(err)
+    return (weight * err).sum() / weight.sum().clamp_min(1e-12)
+
+
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over all latent elements."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()

@@ -260,6 +260,7 @@ class VAEConfig(EngineConfig):
     views_per_object: int = 4
     reconstruction_loss: str = "l1"  # l1 | mse
     kl_weight: float = 1e-6
+    object_weight: float = 0.0  # reconstruction error weight 1 + object_weight x alpha per pixel
     train_encoder: bool = True
     backgrounds: Optional[List[Any]] = None  # names or (r, g, b) triples
 
@@ -309,4 +310,5 @@ RANGES = [
     ("views_per_object", lambda v: v >= 1, "an integer >= 1"),
     ("reconstruction_loss", lambda v: v in ("l1", "mse"), "l1 or mse"),
     ("kl_weight", lambda v: v >= 0, "a number >= 0"),
+    ("object_weight", lambda v: v >= 0, "a number >= 0"),
 ]

@@ -2,8 +2,10 @@
 
 Options: ``vae.path`` starts from a saved VAE instead of ``vae.init``; ``train_encoder: false``
 trains the decoder only, so the latent space (and every diffusion model trained on it) stays
-valid; ``backgrounds`` (names or rgb triples) re-composites each training image on one of them at
-random, using the alpha the dataset returns, and validation reports PSNR per background.
+valid; ``object_weight`` w weighs each pixel's reconstruction error by 1 + w x alpha, so small
+coloured parts are not outweighed by the background; ``backgrounds`` (names or rgb triples)
+re-composites each training image on one of them at random, using the alpha the dataset returns,
+and validation reports PSNR per background.
 
 At the end the latent scaling factor (1 / std of latents on training views) is written into the
 model config, and the model is saved with ``save_pretrained`` (safetensors) to ``<output_dir>/vae``.
@@ -15,7 +17,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,7 @@ from videomv.io import atomic_directory
 from .config import resolve_path
 from .datasets import build_multiview_dataset, make_stream
 from .engine import Task
-from .losses import kl_divergence, psnr
+from .losses import kl_divergence, psnr, reconstruction_loss
 from .schema import VAEConfig
 
 
@@ -98,14 +99,15 @@ class VAETask(Task):
         per_object = int(self.cfg.get("views_per_object", 4))
         idx = torch.randperm(images.shape[1])[:per_object]
         x = images[:, idx].flatten(0, 1).to(self.accelerator.device)
+        alphas = batch["alphas"][:, idx].flatten(0, 1).to(x.device)
         if len(self.backgrounds) > 1:
-            alphas = batch["alphas"][:, idx].flatten(0, 1).to(x.device)
             choices = torch.stack(list(self.backgrounds.values()))
             pick = choices[torch.randint(len(choices), (x.shape[0],))]
             x = recomposite(x, alphas, self.dataset_background, pick)
         recon, mean, logvar = models["vae"](x)
-        rec_kind = self.cfg.get("reconstruction_loss", "l1")
-        rec = F.l1_loss(recon, x) if rec_kind == "l1" else F.mse_loss(recon, x)
+        object_weight = float(self.cfg.get("object_weight", 0.0))
+        weight = 1 + object_weight * alphas if object_weight else None
+        rec = reconstruction_loss(recon, x, self.cfg.get("reconstruction_loss", "l1"), weight)
         kl = kl_divergence(mean, logvar)
         loss = rec + float(self.cfg.get("kl_weight", 1e-6)) * kl
         return loss, {"rec": rec.item(), "kl": kl.item()}
