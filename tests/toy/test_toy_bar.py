@@ -174,6 +174,34 @@ def test_bar_rows_carry_part_scores(toy_root):
     assert row.psnr == float("inf") and row.parts.in_place == [True] * n_parts
 
 
+class RoundTrip:
+    """Stands in for a model's VAE: latents (B, C, F, h, w) are the images themselves, and the
+    decoder adds `shift` to every pixel."""
+
+    def __init__(self, shift=0.0):
+        self.settings = SimpleNamespace(resolution=RES, fovy=toyworld.FOVY, background=GREY, task="text")
+        self.pipeline = SimpleNamespace(unet=SimpleNamespace(dtype=torch.float32))
+        self.shift = shift
+
+    def encode(self, images):
+        return images.permute(0, 2, 1, 3, 4)
+
+    def decode(self, latents):
+        return latents.permute(0, 2, 1, 3, 4) + self.shift
+
+
+def test_vae_round_trip_row_scores_the_decoded_ground_truth(toy_root):
+    from videomv.toy.bar import vae_round_trip_row
+
+    oid = first_object(toy_root)
+    n_parts = len(toy_object_for(toy_root, oid).primitives) + (toy_object_for(toy_root, oid).recipe[0] == "two_tone")
+    exact = vae_round_trip_row(RoundTrip(), toy_root, oid)
+    assert exact.psnr == float("inf") and exact.parts.present == [True] * n_parts
+    assert exact.caption == toy_object_for(toy_root, oid).caption
+    # 0.1 brighter everywhere: 20 dB, a little more where a bright pixel clips at 1
+    assert 20.0 - 1e-4 <= vae_round_trip_row(RoundTrip(shift=0.1), toy_root, oid).psnr < 21.0
+
+
 def test_training_captions_are_the_train_splits(toy_root):
     import json
 
@@ -209,6 +237,7 @@ def test_tool_reports_seen_and_unseen_groups_over_seeds(toy_root, tmp_path, caps
     test_id = (toy_root / "test.txt").read_text().split()[0]
     assert out.count(f"| {test_id} | 0 |") == 2 and out.count(f"| {test_id} | 1 |") == 2  # text and image, 2 seeds
     assert "| all | 2 |" in out and "over 1 objects x 2 seeds" in out
+    assert out.count("VAE round trip of the ground truth") == 2 and out.count("| all | 1 |") == 2  # one per model
     captions = json.loads((toy_root / "captions.json").read_text())
     seen = captions[test_id] in {captions[o] for o in (toy_root / "train.txt").read_text().split()}
     assert (f"| seen | {2 if seen else 0} |" in out) and (f"| unseen | {0 if seen else 2} |" in out)

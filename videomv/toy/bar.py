@@ -7,7 +7,8 @@ turns) rendered at the same cameras. `gap_closed` = (generated - floor) / (ceili
 is at least 0.5, on the PSNRs averaged over the test prompts. Consistency: the mean absolute
 difference between neighbouring views, generated vs ground truth (bar: ratio <= 2).
 Image -> views: PSNR against the object's own ground truth, conditioned on its view 0 (bar: >= 20 dB).
-Both rows also carry the per-part colour and layout scores of `videomv.toy.parts`.
+Both rows also carry the per-part colour and layout scores of `videomv.toy.parts`. The VAE round
+trip of the ground truth, scored the same way, is the ceiling of those scores for a model.
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ def image_bar_row(model, root, object_id: str, seed: int = 0, three_d_aware: boo
                 guidance_scale=guidance_scale, progress=False)
     return ImageBarRow(object_id, obj.caption, mean_psnr(out.images, truth),
                        score_parts(out.images, obj, cams, s.fovy, s.background))
+
+
+@torch.no_grad()
+def vae_round_trip_row(model, root, object_id: str) -> ImageBarRow:
+    """The object's ground-truth views encoded and decoded by the model's VAE, scored as generated
+    views are: the best any sample of this model can reach, so the ceiling of the part scores."""
+    s = model.settings
+    obj, cams, truth = object_views(model, root, object_id)
+    views = model.decode(model.encode(truth[None].to(model.pipeline.unet.dtype)))[0].float().cpu()
+    return ImageBarRow(object_id, obj.caption, mean_psnr(views, truth), score_parts(views, obj, cams, s.fovy, s.background))
 
 
 def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
