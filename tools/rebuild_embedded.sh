@@ -14,11 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 OUT="${OUT:-runs/embedded}"
-VAE=runs/toy_vae_backgrounds/vae
+VAE=runs/toy_vae_backgrounds/vae       # the decoder the phases' exports (and stage 2) used
+TEXT_VAE=runs/toy_vae_colours/vae      # the same encoder, the decoder the embedded text model ships
 
-# VAE (grey renders, then decoder only on grey + white) and the reconstructor on clean renders
+# VAE (grey renders, then decoder only on grey + white, then decoder only weighted to the objects'
+# colours) and the reconstructor on clean renders
 python scripts/train_vae.py --config configs/toy_vae.yaml
 python scripts/train_vae.py --config configs/toy_vae_backgrounds.yaml
+python scripts/train_vae.py --config configs/toy_vae_colours.yaml
 python scripts/train_recon.py --config configs/toy_recon.yaml
 
 # text phase 1 (eps): 1000 steps at a constant rate without EMA, then the cosine schedule with EMA to step 2200 of 3000
@@ -77,8 +80,9 @@ python scripts/train_recon.py --config configs/toy_recon.yaml inputs.source=gene
     generator.task=image data.background=white reconstructor.init_from=runs/i2mv_phase3/reconstructor \
     output_dir=runs/toy_recon_image_v2 max_steps=400 optimizer.lr=2e-4 lr_scheduler.warmup_steps=20
 
-# the two model folders (fp16; the image folder links the parts it shares with the text folder)
-python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v7/final --vae "$VAE" \
+# the two model folders (fp16; the image folder links what it shares with the text folder). The image
+# model keeps the grey + white decoder: with the colour-weighted one its part scores fell (results.md)
+python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v7/final --vae "$TEXT_VAE" \
     --reconstructor runs/toy_recon_text_v2/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 4
 python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v5/final --vae "$VAE" \
     --reconstructor runs/toy_recon_image_v2/reconstructor --out "$OUT/i2mv" --resolution 64 \

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from videomv.sampling.system import VideoMV
 from videomv.toy.bar import gap_closed, image_bar_row, text_bar_row, training_captions, vae_round_trip_row
-from videomv.toy.cli import add_toy_objects_args, toy_objects
+from videomv.toy.cli import add_toy_objects_args, prepare_data_root, toy_objects
 from videomv.toy.references import toy_object_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +76,7 @@ def main(argv=None) -> None:
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
+    args.data_root = prepare_data_root(args.data_root)  # the default toy world is built on first use
     objects = toy_objects(p, argparse.Namespace(**{**vars(args), "limit": 2**31}))
     seen = training_captions(args.data_root)
     if args.captions != "all":
