@@ -17,11 +17,9 @@ OUT="${OUT:-runs/embedded}"
 VAE=runs/toy_vae_backgrounds/vae       # the decoder the phases' exports (and stage 2) used
 TEXT_VAE=runs/toy_vae_colours/vae      # the same encoder, the decoder the embedded text model ships
 
-# VAE (grey renders, then decoder only on grey + white, then decoder only weighted to the objects'
-# colours) and the reconstructor on clean renders
+# VAE (grey renders, then decoder only on grey + white) and the reconstructor on clean renders
 python scripts/train_vae.py --config configs/toy_vae.yaml
 python scripts/train_vae.py --config configs/toy_vae_backgrounds.yaml
-python scripts/train_vae.py --config configs/toy_vae_colours.yaml
 python scripts/train_recon.py --config configs/toy_recon.yaml
 
 # text phase 1 (eps): 1000 steps at a constant rate without EMA, then the cosine schedule with EMA to step 2200 of 3000
@@ -79,6 +77,10 @@ python scripts/train_recon.py --config configs/toy_recon.yaml inputs.source=gene
 python scripts/train_recon.py --config configs/toy_recon.yaml inputs.source=generator generator.path=runs/i2mv_phase3 \
     generator.task=image data.background=white reconstructor.init_from=runs/i2mv_phase3/reconstructor \
     output_dir=runs/toy_recon_image_v2 max_steps=400 optimizer.lr=2e-4 lr_scheduler.warmup_steps=20
+
+# the text model's decoder: decoder only, weighted to the objects' colours, from the fp16 export of
+# the grey + white VAE (as the embedded one was made)
+python scripts/train_vae.py --config configs/toy_vae_colours.yaml vae.path=runs/t2mv_phase4/vae
 
 # the two model folders (fp16; the image folder links what it shares with the text folder). The image
 # model keeps the grey + white decoder: with the colour-weighted one its part scores fell (results.md)
