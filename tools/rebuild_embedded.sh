@@ -82,8 +82,8 @@ python scripts/train_recon.py --config configs/toy_recon.yaml inputs.source=gene
 # the grey + white VAE (as the embedded one was made)
 python scripts/train_vae.py --config configs/toy_vae_colours.yaml vae.path=runs/t2mv_phase4/vae
 
-# the two model folders (fp16; the image folder links what it shares with the text folder). The image
-# model keeps the grey + white decoder: with the colour-weighted one its part scores fell (results.md)
+# the two model folders (fp16; --share-with links any component identical to the text folder's). The
+# image model keeps the grey + white decoder (results.md)
 python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v7/final --vae "$TEXT_VAE" \
     --reconstructor runs/toy_recon_text_v2/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 4
 python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v5/final --vae "$VAE" \

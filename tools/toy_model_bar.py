@@ -44,19 +44,25 @@ def groups(rows, seen_captions):
             ("unseen", [r for r in rows if r.caption not in seen_captions])]
 
 
+def print_image_scores(rows, seen, count: str) -> None:
+    """The image-style table (PSNR, parts in place and drawn, layouts) of `rows` per caption group."""
+    print(f"| group | {count} | PSNR dB | parts in their colour, in place | parts drawn in their colour | layouts right |")
+    print("|---|---|---|---|---|---|")
+    for name, group in groups(rows, seen):
+        if not group:
+            print(f"| {name} | 0 | | | | |")
+            continue
+        in_place, layout = part_summary(group, "in_place")
+        present, _ = part_summary(group, "present")
+        print(f"| {name} | {len(group)} | {statistics.mean(r.psnr for r in group):.2f} | {in_place} | {present} | {layout} |")
+
+
 def print_round_trip(model, name: str, root, objects, seen) -> None:
     """The VAE round trip of the objects' ground truth, scored as samples are: the ceiling of the
     part scores for this model."""
     rows = [vae_round_trip_row(model, root, o) for o in tqdm(objects, desc=f"{name} VAE round trip")]
     print(f"\n{name} model's VAE round trip of the ground truth (the ceiling of its part scores):")
-    print("| group | objects | PSNR dB | parts in their colour, in place | parts drawn in their colour | layouts right |")
-    print("|---|---|---|---|---|---|")
-    for group_name, group in groups(rows, seen):
-        if group:
-            in_place, layout = part_summary(group, "in_place")
-            present, _ = part_summary(group, "present")
-            print(f"| {group_name} | {len(group)} | {statistics.mean(r.psnr for r in group):.2f} | {in_place} | "
-                  f"{present} | {layout} |")
+    print_image_scores(rows, seen, "objects")
 
 
 def main(argv=None) -> None:
@@ -128,15 +134,7 @@ def main(argv=None) -> None:
             print(f"| {o} | {seed} | {r.caption} | {r.psnr:.2f} | {sum(r.parts.in_place)} / {sum(r.parts.present)} "
                   f"of {len(r.parts.present)} | {r.parts.layout} |")
         print(f"\nimage -> views over {len(objects)} objects x {args.seeds} seeds:")
-        print("| group | runs | PSNR dB | parts in their colour, in place | parts drawn in their colour | layouts right |")
-        print("|---|---|---|---|---|---|")
-        for name, group in groups(rows, seen):
-            if not group:
-                print(f"| {name} | 0 | | | | |")
-                continue
-            in_place, layout = part_summary(group, "in_place")
-            present, _ = part_summary(group, "present")
-            print(f"| {name} | {len(group)} | {statistics.mean(r.psnr for r in group):.2f} | {in_place} | {present} | {layout} |")
+        print_image_scores(rows, seen, "runs")
         print_round_trip(model, "image", args.data_root, objects, seen)
         mean = statistics.mean(r.psnr for r in rows)
         print(f"\nimage bar: {mean:.2f} dB (>= 20: {'pass' if mean >= 20 else 'FAIL'})")
