@@ -53,7 +53,10 @@ def build_parser() -> Parser:
     p.add_argument("--cameras", type=Path, help="JSON camera file: a list of at most "
                    f"{MAX_VIEWS} 4x4 OpenGL c2w looking at the origin, or of {{elevation, azimuth, radius}}; "
                    "overrides --num-views/--elevation/--radius")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps, 1 to 1000 (default: the model's, 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps, 1 to 1000 (default: the model's; 20 for a sampler it does not name)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default=None,
+                   help="ddim, or dpmsolver++ (second order, 20-25 steps) on the same noise schedule (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-3d-aware", action="store_true", help="plain sampling, no reconstruction in the loop")
@@ -123,7 +126,11 @@ def validate(args: argparse.Namespace) -> dict:
     from videomv.geometry import load_trajectory
 
     cameras = load_trajectory(args.cameras, max_cameras=MAX_VIEWS) if args.cameras else None
-    check_steps(args.model, args.steps or int(settings["num_inference_steps"]))
+    from videomv.sampling.ddim import DEFAULT_STEPS
+
+    sampler = args.sampler or settings.get("sampler", "ddim")
+    own = sampler == settings.get("sampler", "ddim")
+    check_steps(args.model, args.steps or (int(settings["num_inference_steps"]) if own else DEFAULT_STEPS[sampler]), sampler)
     image = None
     if args.image is not None:
         from videomv.sampling.export import load_condition_image
@@ -185,7 +192,7 @@ def run(argv=None) -> tuple[str, dict]:
     start = time.perf_counter()
     output = model(prompt=args.prompt, image=checked["image"], cameras=cameras, num_inference_steps=args.steps,
                    guidance_scale=args.guidance, seed=args.seed, three_d_aware=not args.no_3d_aware,
-                   branches=args.branches)
+                   branches=args.branches, sampler=args.sampler)
     seconds = time.perf_counter() - start
     written = save_generation(output, args.out, extra_settings={
         "model": str(args.model), "image": str(args.image) if args.image else None,

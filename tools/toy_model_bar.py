@@ -70,7 +70,8 @@ def main(argv=None) -> None:
     add_toy_objects_args(p)
     p.add_argument("--text-model", type=Path, default=REPO / "data" / "embedded" / "t2mv")
     p.add_argument("--image-model", type=Path, default=REPO / "data" / "embedded" / "i2mv")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, or the sampler's)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default=None, help="default: each model's")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's)")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
     p.add_argument("--seeds", type=int, default=1, help="number of sampling seeds per object (--seed, --seed + 1, ...)")
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
         p.error(f"--captions {args.captions}: no such object in the {args.split} split of {args.data_root}")
     runs = [(o, args.seed + k) for o in objects for k in range(args.seeds)]
     aware = not args.no_3d_aware
-    kwargs = {"three_d_aware": aware, "steps": args.steps, "guidance_scale": args.guidance}
+    kwargs = {"three_d_aware": aware, "steps": args.steps, "guidance_scale": args.guidance, "sampler": args.sampler}
 
     if (args.text_model / "videomv.json").is_file():
         model = VideoMV.from_pretrained(args.text_model)

@@ -56,9 +56,9 @@ def check_out(out: Path) -> None:
         raise InputError(f"--out: cannot write in {parent} ({err.strerror or err})") from None
 
 
-def check_steps(model: Path, steps: int) -> None:
-    """The model's scheduler gives `steps` timesteps inside its training range for this count
-    (`videomv.sampling.ddim.set_step_count`), read from the folder without loading weights."""
+def check_steps(model: Path, steps: int, sampler: str = "ddim") -> None:
+    """`sampler` on the model's scheduler gives `steps` timesteps inside its training range for this
+    count (`videomv.sampling.ddim.set_step_count`), read from the folder without loading weights."""
     import diffusers
 
     try:
@@ -70,10 +70,12 @@ def check_steps(model: Path, steps: int) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"--model: {model}/scheduler has no readable diffusers scheduler config ({err})") from None
 
-    from videomv.sampling.ddim import set_step_count
+    from videomv.sampling.ddim import scheduler_for, set_step_count
 
     try:
-        set_step_count(scheduler, steps)
+        set_step_count(scheduler_for(sampler, scheduler), steps)
+    except TypeError as err:
+        raise InputError(f"--sampler {sampler}: {err}") from None
     except ValueError as err:
         raise InputError(f"--steps {steps}: {err}") from None
 

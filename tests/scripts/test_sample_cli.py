@@ -19,7 +19,7 @@ from PIL import Image
 from tiny_videomv import RESOLUTION, tiny_text_videomv
 from videomv.gaussians import load_ply
 from videomv.geometry import orbit_cameras, save_trajectory
-from videomv.sampling.system import VideoMV
+from videomv.sampling.system import VideoMV, VideoMVSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,6 +106,17 @@ def test_sample_script_writes_everything(model_dir, tmp_path):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["seed"] == 1 and settings["num_inference_steps"] == 3 and settings["aware_steps_used"] == [1, 2]
     assert settings["prompt"] == "a red cube on top of a blue cylinder"
+
+
+def test_sample_script_runs_dpmsolver_at_its_own_step_count(model_dir, tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("--model", model_dir, "--prompt", "a cone", "--sampler", "dpmsolver++", "--no-3d-aware",
+                  "--num-views", "4", "--out", out)
+    assert res.returncode == 0, res.stderr
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["sampler"] == "dpmsolver++" and settings["num_inference_steps"] == 20  # not the model's DDIM 50
+    with pytest.raises(ValueError, match=r"sampler must be one of \['ddim', 'dpmsolver\+\+'\], got 'euler'"):
+        VideoMVSettings(sampler="euler")
 
 
 def test_sample_script_accepts_a_camera_file(model_dir, tmp_path):

@@ -1,5 +1,6 @@
-"""The one denoising loop: DDIM (diffusers' `DDIMScheduler`) with classifier-free guidance and a
-hook on the predicted z0 for 3D-aware sampling.
+"""The one denoising loop: DDIM (diffusers' `DDIMScheduler`) or DPM-Solver++ (diffusers'
+`DPMSolverMultistepScheduler`, second order, built from the model's DDIM configuration by
+`scheduler_for`) with classifier-free guidance and a hook on the predicted z0 for 3D-aware sampling.
 
 Latents are (B, C, F, h, w) video latents; frames are views.
 
@@ -14,7 +15,7 @@ clean latents of the conditional and the unconditional branch and calls
 is then ignored. Returning None keeps the model's prediction. Returning replacements (e.g. latents
 re-encoded from renders of a reconstructed 3D model) makes the loop recompute each branch's noise
 from its new z0, eps = (z_t - sqrt(a_t) z0) / sqrt(1 - a_t), re-apply guidance to the two
-branches, and take the DDIM step from the guided (z0, eps). Tensors passed to and returned from
+branches, and take the step from the guided (z0, eps). Tensors passed to and returned from
 the hook have the latents' shape.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Protocol
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 
@@ -62,6 +63,27 @@ def ddim_with(config, **changes) -> DDIMScheduler:
     default, even when passed in, so a changed `rescale_betas_zero_snr` would silently be lost."""
     values = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
     return DDIMScheduler.from_config({**values, **changes})
+
+
+SAMPLERS = ("ddim", "dpmsolver++")
+# Step counts for a sampler a model folder does not name as its own (`VideoMVSettings.sampler`).
+DEFAULT_STEPS = {"ddim": 50, "dpmsolver++": 20}
+
+
+def scheduler_for(sampler: str, ddim: DDIMScheduler) -> DDIMScheduler | DPMSolverMultistepScheduler:
+    """The scheduler of `sampler` on the noise schedule of the model's DDIM scheduler `ddim` (same
+    betas, zero-SNR rescaling, prediction type and timestep spacing): "ddim" is `ddim` itself,
+    "dpmsolver++" the second-order multistep DPM-Solver++ (first order at the last step)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {list(SAMPLERS)}, got {sampler!r}")
+    if not isinstance(ddim, DDIMScheduler):
+        raise TypeError(f"the model's scheduler must be a DDIMScheduler to derive samplers from, got {type(ddim).__name__}")
+    if sampler == "ddim":
+        return ddim
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+            "timestep_spacing", "steps_offset", "rescale_betas_zero_snr")
+    return DPMSolverMultistepScheduler(**{k: ddim.config[k] for k in keys}, algorithm_type="dpmsolver++",
+                                       solver_order=2, lower_order_final=True, final_sigmas_type="zero")
 
 
 def _alpha(scheduler: DDIMScheduler, t, like: torch.Tensor) -> torch.Tensor:
@@ -107,14 +129,15 @@ def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> to
 
 
 def _step(scheduler, model_output, t, latents, eta, generator) -> torch.Tensor:
-    """DDIM step on frames as images, (B, C, F, h, w) -> (B*F, C, h, w), as diffusers' video pipelines."""
+    """One scheduler step on frames as images, (B, C, F, h, w) -> (B*F, C, h, w), as diffusers' video pipelines."""
     b, c, f, h, w = latents.shape
     flat = lambda x: x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # noqa: E731
-    prev = scheduler.step(flat(model_output), t, flat(latents), eta=eta, generator=generator).prev_sample
+    kwargs = dict(eta=eta) if isinstance(scheduler, DDIMScheduler) else {}
+    prev = scheduler.step(flat(model_output), t, flat(latents), generator=generator, **kwargs).prev_sample
     return prev.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
-def set_step_count(scheduler: DDIMScheduler, num_inference_steps: int, device=None) -> None:
+def set_step_count(scheduler: DDIMScheduler | DPMSolverMultistepScheduler, num_inference_steps: int, device=None) -> None:
     """`scheduler.set_timesteps`, refusing a count its spacing cannot give: for some counts
     "trailing" spacing adds a step at t = -1 and "leading" with an offset reaches t = T, and
     diffusers returns those timesteps without a word."""
@@ -137,7 +160,7 @@ def set_step_count(scheduler: DDIMScheduler, num_inference_steps: int, device=No
 def ddim_sample(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
     num_inference_steps: int = 50,
     guidance_scale: float = 1.0,
     eta: float = 0.0,
@@ -145,14 +168,18 @@ def ddim_sample(
     z0_hook: Z0Hook | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Run DDIM from the initial noise `latents` (B, C, F, h, w) and return the final latents.
+    """Run the sampler of `scheduler` (DDIM, or DPM-Solver++ from `scheduler_for`) from the initial
+    noise `latents` (B, C, F, h, w) and return the final latents. `eta` is DDIM's (0: deterministic).
 
     denoiser(model_input, t) returns the model output for `model_input`; with guidance
     (guidance_scale > 1) the input is [latents; latents] and the output must be [uncond; cond],
     the batch order of diffusers' pipelines.
     """
-    if not isinstance(scheduler, DDIMScheduler):
-        raise TypeError(f"scheduler: expected a diffusers DDIMScheduler, got {type(scheduler).__name__}")
+    if not isinstance(scheduler, (DDIMScheduler, DPMSolverMultistepScheduler)):
+        raise TypeError(f"scheduler: expected a diffusers DDIMScheduler or DPMSolverMultistepScheduler, "
+                        f"got {type(scheduler).__name__}")
+    if eta != 0 and not isinstance(scheduler, DDIMScheduler):
+        raise ValueError(f"eta={eta}: only the DDIM sampler takes eta; DPM-Solver++ here is deterministic")
     if latents.ndim != 5:
         raise ValueError(f"latents: expected shape (B, C, F, h, w), got {tuple(latents.shape)}")
     if num_inference_steps < 1:
@@ -161,7 +188,7 @@ def ddim_sample(
     set_step_count(scheduler, num_inference_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
 
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc="DDIM", disable=not progress)):
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", disable=not progress)):
         model_input = torch.cat([latents, latents]) if do_cfg else latents
         model_output = denoiser(scheduler.scale_model_input(model_input, t), t)
         if do_cfg:

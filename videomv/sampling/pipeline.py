@@ -24,7 +24,7 @@ from ..models.conditioning import (ImageConditioner, ImageConditioning, TextCond
 from ..models.denoise import MultiViewCondition, denoise
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
-from .ddim import Z0Hook, ddim_sample
+from .ddim import Z0Hook, ddim_sample, scheduler_for
 
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 
@@ -102,16 +102,17 @@ class _MultiViewPipeline(DiffusionPipeline):
         return cond if uncond is None else torch.cat([uncond, cond])
 
     def sample(self, latents, condition: MultiViewCondition, negative_text, num_inference_steps, guidance_scale,
-               eta, generator, z0_hook, progress, cross_attention_kwargs) -> torch.Tensor:
-        """The DDIM loop under `condition`, with guidance against `negative_text` when it is given."""
+               eta, generator, z0_hook, progress, cross_attention_kwargs, sampler="ddim") -> torch.Tensor:
+        """The denoising loop under `condition`, with guidance against `negative_text` when it is given;
+        `sampler` "ddim" (the folder's scheduler) or "dpmsolver++" (on the same noise schedule)."""
         if negative_text is not None:
             condition = condition.with_unconditional(negative_text)
 
         def denoiser(model_input, t):
             return denoise(self.unet, model_input, t, condition, cross_attention_kwargs)
 
-        return ddim_sample(denoiser, latents, self.scheduler, num_inference_steps, guidance_scale, eta,
-                           generator, z0_hook, progress)
+        return ddim_sample(denoiser, latents, scheduler_for(sampler, self.scheduler), num_inference_steps,
+                           guidance_scale, eta, generator, z0_hook, progress)
 
     def prepare_latents(self, batch_size, num_frames, height, width, dtype, generator, latents=None):
         shape = (batch_size, self.unet.config.in_channels, num_frames,
@@ -177,6 +178,7 @@ class T2MVPipeline(_MultiViewPipeline):
         guidance_scale: float = TEXT.guidance_scale,
         negative_prompt: str | list[str] | None = None,
         eta: float = 0.0,
+        sampler: str = "ddim",
         generator: torch.Generator | None = None,
         seed: int | None = None,
         height: int | None = None,
@@ -189,7 +191,7 @@ class T2MVPipeline(_MultiViewPipeline):
         progress: bool = True,
     ) -> MultiViewPipelineOutput:
         """Generate views; `cameras` set the views (default: the `TEXT` orbit, 24 views at 15 deg, radius 2.0).
-        `z0_hook`: see `videomv.sampling.ddim`."""
+        `sampler`: "ddim" or "dpmsolver++" (20-25 steps). `z0_hook`: see `videomv.sampling.ddim`."""
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
         height, width = self.check_size(height, width)
         cameras = prepare_cameras(cameras, len(prompt), orbit_cameras(TEXT.num_views, TEXT.elevation, TEXT.radius))
@@ -202,7 +204,7 @@ class T2MVPipeline(_MultiViewPipeline):
         condition = MultiViewCondition(text, cameras)
         latents = self.prepare_latents(len(prompt), cameras.shape[1], height, width, text.dtype, generator, latents)
         latents = self.sample(latents, condition, negative_text, num_inference_steps, guidance_scale, eta, generator,
-                              z0_hook, progress, cross_attention_kwargs)
+                              z0_hook, progress, cross_attention_kwargs, sampler)
         return self.format_output(latents, output_type, decode_chunk_size)
 
 
@@ -238,6 +240,7 @@ class I2MVPipeline(_MultiViewPipeline):
         target_fps: int = IMAGE.fps,
         clip_skip: int | None = 1,
         eta: float = 0.0,
+        sampler: str = "ddim",
         generator: torch.Generator | None = None,
         seed: int | None = None,
         height: int | None = None,
@@ -251,7 +254,8 @@ class I2MVPipeline(_MultiViewPipeline):
     ) -> MultiViewPipelineOutput:
         """Generate views of the object in `image` ((3, H, W) or (B, 3, H, W) in [0, 1]);
         `cameras` default to the `IMAGE` orbit (24 views at 5 deg, radius 1.7); `clip_skip` = 1 takes the text encoder's
-        penultimate layer, as `I2VGenXLPipeline`. `z0_hook`: see `videomv.sampling.ddim`."""
+        penultimate layer, as `I2VGenXLPipeline`. `sampler`: "ddim" or "dpmsolver++" (20-25 steps).
+        `z0_hook`: see `videomv.sampling.ddim`."""
         if not torch.is_tensor(image) or image.ndim not in (3, 4):
             raise ValueError("image: expected a (3, H, W) or (B, 3, H, W) tensor with values in [0, 1]")
         image = image.unsqueeze(0) if image.ndim == 3 else image
@@ -275,5 +279,5 @@ class I2MVPipeline(_MultiViewPipeline):
         )
         latents = self.prepare_latents(batch_size, num_frames, height, width, text.dtype, generator, latents)
         latents = self.sample(latents, condition, negative_text, num_inference_steps, guidance_scale, eta, generator,
-                              z0_hook, progress, cross_attention_kwargs)
+                              z0_hook, progress, cross_attention_kwargs, sampler)
         return self.format_output(latents, output_type, decode_chunk_size)

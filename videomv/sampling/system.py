@@ -25,6 +25,7 @@ from ..models.conditioning import is_bundled_clip_tokenizer
 from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
 from ..recon import Reconstructor
+from .ddim import DEFAULT_STEPS, SAMPLERS
 from .aware import ReconstructionHook, aware_step_indices, find_orthogonal_views, orthogonal_cameras_for
 from .model_folder import drop_source_paths, link_identical_components, require_empty_destination
 from .pipeline import I2MVPipeline, T2MVPipeline, dtype_kwargs
@@ -46,6 +47,7 @@ class VideoMVSettings:
     background: tuple = TEXT.background  # as the training data is composited
     guidance_scale: float = TEXT.guidance_scale
     num_inference_steps: int = TEXT.num_inference_steps
+    sampler: str = "ddim"  # or "dpmsolver++" (`videomv.sampling.ddim.SAMPLERS`), with its own num_inference_steps
     resolution: int = TEXT.resolution
     fps: int = TEXT.fps  # image model: the fps condition it was trained with
     # Where the official release's sampling differs from the paper's (see `videomv.sampling.parity`,
@@ -60,6 +62,8 @@ class VideoMVSettings:
     def __post_init__(self):
         release_defaults(self.task)  # checks the task
         self.background = tuple(float(b) for b in self.background)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if self.aware_latents not in ("mode", "sample"):
             raise ValueError(f"aware_latents must be 'mode' or 'sample', got {self.aware_latents!r}")
         if self.aware_render_size is not None and self.aware_render_size < 1:
@@ -267,13 +271,15 @@ class VideoMV:
         branches: str = "both",
         negative_prompt: str | None = None,
         eta: float = 0.0,
+        sampler: str | None = None,
         progress: bool = True,
     ) -> VideoMVOutput:
         """Generate views (and Gaussians) for one text prompt or one image ((3, H, W) in [0, 1]).
 
         cameras: (F, 4, 4) project c2w, default the model's orbit. When they do not contain 4
         orthogonal views for the reconstructor, 4 such views are generated alongside and dropped.
-        aware_steps: loop indices for the reconstruction (default `aware_step_indices`)."""
+        aware_steps: loop indices for the reconstruction (default `aware_step_indices`). sampler:
+        "ddim" or "dpmsolver++" (default: the model's `settings.sampler`)."""
         s = self.settings
         if s.task == "text":
             if image is not None or not isinstance(prompt, str) or not prompt.strip():
@@ -284,7 +290,8 @@ class VideoMV:
             prompt = s.full_prompt(prompt)
         if negative_prompt is None and s.negative_prompt:
             negative_prompt = s.negative_prompt
-        steps = num_inference_steps or s.num_inference_steps
+        sampler = sampler or s.sampler
+        steps = num_inference_steps or (s.num_inference_steps if sampler == s.sampler else DEFAULT_STEPS[sampler])
         guidance = s.guidance_scale if guidance_scale is None else guidance_scale
         cameras = self.default_cameras() if cameras is None else check_c2w(cameras, "cameras")
         if cameras.ndim != 3:
@@ -309,7 +316,7 @@ class VideoMV:
                                       s.fovy, s.background, schedule, input_views, guidance, branches,
                                       render_size=s.aware_render_size)
         common = dict(cameras=cameras[None], num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
-                      height=s.resolution, width=s.resolution, z0_hook=hook, negative_prompt=negative_prompt,
+                      sampler=sampler, height=s.resolution, width=s.resolution, z0_hook=hook, negative_prompt=negative_prompt,
                       output_type="pt", progress=progress)
         if s.task == "text":
             out = self.pipeline(prompt, **common)
@@ -328,6 +335,6 @@ class VideoMV:
             gaussians=None if gaussians is None else gaussians.detach().to("cpu"),
             aware_steps=hook.calls if hook else [],
             settings=dict(task=s.task, prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                          three_d_aware=bool(schedule), aware_steps=schedule, branches=branches, eta=eta,
+                          sampler=sampler, three_d_aware=bool(schedule), aware_steps=schedule, branches=branches, eta=eta,
                           negative_prompt=negative_prompt, fovy=s.fovy, background=list(s.background)),
         )

@@ -72,7 +72,7 @@ def gap_closed(generated: float, floor: float, ceiling: float) -> float:
 
 
 def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1, three_d_aware: bool = True,
-                 steps: int | None = None, guidance_scale: float | None = None) -> TextBarRow:
+                 steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None) -> TextBarRow:
     """Score one test object (see the module docstring)."""
     s = model.settings
     obj, cams, truth = object_views(model, root, object_id)
@@ -80,7 +80,7 @@ def text_bar_row(model, root, object_id: str, seed: int = 0, like_index: int = 1
     ceiling = composite(toyworld.render_object(twin, cams, s.resolution, s.fovy), s.background)
     floor = torch.tensor(s.background).view(1, 3, 1, 1).expand_as(truth)
     out = model(prompt=obj.caption, cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
-                guidance_scale=guidance_scale, progress=False)
+                guidance_scale=guidance_scale, sampler=sampler, progress=False)
     return TextBarRow(object_id, obj.caption, mean_psnr(out.images, truth), mean_psnr(floor, truth),
                       mean_psnr(ceiling, truth), neighbour_difference(out.images), neighbour_difference(truth),
                       score_parts(out.images, obj, cams, s.fovy, s.background))
@@ -95,12 +95,12 @@ class ImageBarRow:
 
 
 def image_bar_row(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
-                  steps: int | None = None, guidance_scale: float | None = None) -> ImageBarRow:
+                  steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None) -> ImageBarRow:
     """Image -> views conditioned on the object's view 0: PSNR against its own renders, and part scores."""
     s = model.settings
     obj, cams, truth = object_views(model, root, object_id)
     out = model(image=truth[0], cameras=cams, seed=seed, three_d_aware=three_d_aware, num_inference_steps=steps,
-                guidance_scale=guidance_scale, progress=False)
+                guidance_scale=guidance_scale, sampler=sampler, progress=False)
     return ImageBarRow(object_id, obj.caption, mean_psnr(out.images, truth),
                        score_parts(out.images, obj, cams, s.fovy, s.background))
 
@@ -116,9 +116,9 @@ def vae_round_trip_row(model, root, object_id: str) -> ImageBarRow:
 
 
 def image_bar_psnr(model, root, object_id: str, seed: int = 0, three_d_aware: bool = True,
-                   steps: int | None = None, guidance_scale: float | None = None) -> float:
+                   steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None) -> float:
     """PSNR of image -> views against the object's own renders, conditioned on its view 0."""
-    return image_bar_row(model, root, object_id, seed, three_d_aware, steps, guidance_scale).psnr
+    return image_bar_row(model, root, object_id, seed, three_d_aware, steps, guidance_scale, sampler).psnr
 
 
 def training_captions(root) -> set[str]:
