@@ -45,8 +45,8 @@ def _find(seed, predicate, limit=3000):
 
 
 def test_sampling_is_deterministic_and_depends_on_seed_and_index():
-    a = [toyworld.sample_object(3, i) for i in (5, 0, 7)]
-    b = [toyworld.sample_object(3, i) for i in (0, 5, 7)]  # order of calls does not matter
+    a = [toyworld.sample_object(0, i) for i in (5, 0, 7)]
+    b = [toyworld.sample_object(0, i) for i in (0, 5, 7)]  # order of calls does not matter
     assert a[0] == b[1] and a[1] == b[0] and a[2] == b[2]
     assert toyworld.sample_object(4, 5) != a[0]
     assert toyworld.sample_object(3, 6) != a[0]
@@ -348,3 +348,29 @@ def test_eval_scripts_build_the_default_toy_root_on_first_use(tmp_path, monkeypa
     other = tmp_path / "elsewhere"
     other.mkdir()
     assert cli.prepare_data_root(other) == other and not (other / "toyworld.json").exists()  # not built
+
+
+def test_extra_train_objects_keep_unseen_captions_unseen(tmp_path):
+    from videomv.data import GObjaverseDataset
+    from videomv.toy import ensure_toy_dataset
+    from videomv.toy.world import sample_object
+
+    cfg = {"num_objects": 40, "resolution": 8, "seed": 0, "split": [0.5, 0.25, 0.25], "workers": 1}
+    root = ensure_toy_dataset(tmp_path / "w", {**cfg, "extra_train_objects": 60})
+    before = {name: (root / f"{name}.txt").read_text() for name in ("train", "val", "test")}
+    listed = (root / "train_plus60.txt").read_text().split()
+    captions = json.loads((root / "captions.json").read_text())
+    assert len(captions) == 100 and all(captions[object_key(i)] == sample_object(0, i).caption for i in range(100))
+    train = before["train"].split()
+    held_out = {sample_object(0, i).caption for i in range(40) if object_key(i) not in train} - {captions[o] for o in train}
+    new = [object_key(i) for i in range(40, 100)]
+    dropped = [o for o in new if captions[o] in held_out]
+    assert dropped, "seed 0 gives three extra objects with a held-out caption"
+    assert listed == train + [o for o in new if o not in dropped]
+    assert not {captions[o] for o in listed} & held_out
+    assert len(GObjaverseDataset(root, objects=root / "train_plus60.txt", resolution=8)) == len(listed)
+    ensure_toy_dataset(root, {**cfg, "extra_train_objects": 60})  # done already: nothing changes
+    assert {name: (root / f"{name}.txt").read_text() for name in before} == before
+    with pytest.raises(ValueError, match="extra_train_objects must be >= 1"):
+        from videomv.toy.writer import extend_train_split
+        extend_train_split(root, 0)

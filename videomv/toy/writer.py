@@ -139,6 +139,46 @@ def build_dataset(
     return settings
 
 
+def extended_train_list(extra: int) -> str:
+    """File name of the train list that `extend_train_split` writes for `extra` more objects."""
+    return f"train_plus{extra}.txt"
+
+
+def extend_train_split(root, extra: int, workers: int | None = None, progress: bool = True) -> Path:
+    """Render `extra` more objects (indices num_objects .. num_objects + extra - 1) into a built toy
+    world and write `train_plus<extra>.txt`: train.txt plus those new objects whose caption does not
+    occur in the val or test split without also occurring in train.txt. So the captions the bar
+    counts as never seen in training stay unseen, and val/test are untouched. Returns the list's path."""
+    root = Path(root)
+    if extra < 1:
+        raise ValueError(f"extra_train_objects must be >= 1, got {extra}")
+    settings = json.loads((root / "toyworld.json").read_text())
+    start, seed = int(settings["num_objects"]), int(settings["seed"])
+    captions = json.loads((root / "captions.json").read_text())
+    split = {name: (root / f"{name}.txt").read_text().split() for name in ("train", "val", "test")}
+    train_captions = {captions[o] for o in split["train"]}
+    held_out = {captions[o] for name in ("val", "test") for o in split[name]} - train_captions
+    workers = max(1, min(workers or os.cpu_count() or 1, extra))
+    jobs = [(root, seed, i, int(settings["resolution"]), int(settings["num_views"])) for i in range(start, start + extra)]
+    new = {}
+    with Pool(workers, initializer=_init_worker) as pool:
+        for key, caption in tqdm(pool.imap_unordered(_write_star, jobs, chunksize=16), total=extra,
+                                 desc="extra toy objects", unit="obj", disable=not progress):
+            new[key] = caption
+    kept = [object_key(i) for i in range(start, start + extra) if new[object_key(i)] not in held_out]
+    captions.update({object_key(i): new[object_key(i)] for i in range(start, start + extra)})
+    _write_atomic(root / "captions.json", json.dumps(captions, indent=0))
+    path = root / extended_train_list(extra)
+    _write_atomic(path, "".join(o + "\n" for o in split["train"] + kept))
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def ensure_toy_dataset(root, toy_cfg) -> Path:
     """Build the toy world at `root` unless it is already there (`toyworld.json` and `train.txt`
     mark a finished build; one written in the older file naming is renamed in place, see
@@ -155,10 +195,13 @@ def ensure_toy_dataset(root, toy_cfg) -> Path:
                 f"for data.toy.resolution={toy_cfg['resolution']}: point data.root elsewhere or delete it")
         if settings.get("layout", OLD_LAYOUT) != LAYOUT:
             migrate_layout(root)
-        return root
-    split = tuple(float(x) for x in toy_cfg.get("split", (0.9, 0.05, 0.05)))
-    build_dataset(root, int(toy_cfg["num_objects"]), int(toy_cfg["resolution"]), seed=int(toy_cfg.get("seed", 0)),
-                  split=split, workers=toy_cfg.get("workers"))
+    else:
+        split = tuple(float(x) for x in toy_cfg.get("split", (0.9, 0.05, 0.05)))
+        build_dataset(root, int(toy_cfg["num_objects"]), int(toy_cfg["resolution"]), seed=int(toy_cfg.get("seed", 0)),
+                      split=split, workers=toy_cfg.get("workers"))
+    extra = int(toy_cfg.get("extra_train_objects", 0) or 0)
+    if extra and not (root / extended_train_list(extra)).is_file():
+        extend_train_split(root, extra, workers=toy_cfg.get("workers"))
     return root
 
 

@@ -104,6 +104,7 @@ class ToyDataConfig:
     seed: int = 0
     split: List[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
     workers: Optional[int] = None
+    extra_train_objects: int = 0  # > 0: render this many more objects and list them in train_plus<N>.txt
 
 
 @dataclass
