@@ -36,7 +36,7 @@ def test_two_process_cpu_run_stays_in_sync(tmp_path):
         "--main_process_port", str(free_port()),
         str(REPO / "scripts" / "train_mv.py"), "--config", str(REPO / "configs" / "toy_t2mv.yaml"),
         *TINY, f"data.root={tmp_path / 'world16'}", f"output_dir={out}", "max_steps=3", "checkpoint.every=2",
-        "debug.dump_param_checksum=true",
+        "debug.dump_param_checksum=true", "time_limit_s=3600",  # process 0's clock is asked every step
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

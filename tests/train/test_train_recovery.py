@@ -115,3 +115,15 @@ def test_stop_at_ends_early_on_the_full_schedule_and_resumes(tmp_path, toy_root)
     rest = run_tiny(part, toy_root, *schedule, "resume=latest")
     assert [h["step"] for h in rest["history"]] == [3, 4]
     assert first["history"] + rest["history"] == whole["history"]
+
+
+def test_time_limit_ends_the_run_with_a_checkpoint_and_an_export(tmp_path, toy_root):
+    out = tmp_path / "timed"
+    summary = run_tiny(out, toy_root, "max_steps=50", "checkpoint.every=100", "time_limit_s=1e-6")
+    assert [h["step"] for h in summary["history"]] == [1]  # the limit passed during the first step
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+    assert (out / "final" / "model_index.json").is_file()
+    more = run_tiny(out, toy_root, "max_steps=50", "checkpoint.every=100", "time_limit_s=1e-6", "resume=latest")
+    assert [h["step"] for h in more["history"]] == [2]  # each run gets its own time
+    with pytest.raises(ValueError, match="time_limit_s.*a number of seconds > 0"):
+        run_tiny(tmp_path / "bad", toy_root, "max_steps=2", "time_limit_s=0")

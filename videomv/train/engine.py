@@ -13,6 +13,7 @@ import json
 import math
 import re
 import shutil
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -233,6 +234,7 @@ class Trainer:
         self.build()
         self.restore_or_seed()
         self.start_logging()
+        self.started = time.monotonic()
         try:
             while self.step < self.last_step:
                 try:
@@ -241,10 +243,24 @@ class Trainer:
                     if self.timeout_check is not None and TimeoutCheck.is_timeout(err):
                         self.timeout_check.diagnose(self.step, err)
                     raise
+                if self.out_of_time():
+                    self.accelerator.print(f"time_limit_s={self.cfg.time_limit_s:g} reached at step {self.step}")
+                    self.last_step = self.step
                 self.after_step()
         finally:
             self.progress.close()
         return self.finish()
+
+    def out_of_time(self) -> bool:
+        """Whether ``time_limit_s`` has passed since this run's first step; process 0's clock
+        decides for all, so every process stops after the same step."""
+        limit = self.cfg.get("time_limit_s")
+        if not limit:
+            return False
+        over = torch.tensor(float(time.monotonic() - self.started >= float(limit)), device=self.accelerator.device)
+        if self.world > 1:
+            over = self.accelerator.gather(over[None])[0]
+        return bool(over.item())
 
     def open_accelerator(self) -> None:
         cfg = self.cfg

@@ -78,6 +78,7 @@ class EngineConfig:
     seed: int = 0
     max_steps: int = 1000  # length of the LR schedule and of the run
     stop_at: Optional[int] = None  # end (checkpoint and export) at this step, schedule unchanged
+    time_limit_s: Optional[float] = None  # end (checkpoint and export) once this run's steps took this long
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0  # <= 0 disables clipping
@@ -275,6 +276,7 @@ def _positive(v) -> bool:
 RANGES = [
     ("max_steps", lambda v: v >= 1, "an integer >= 1"),
     ("stop_at", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("time_limit_s", lambda v: v is None or v > 0, "null or a number of seconds > 0"),
     ("seed", lambda v: v >= 0, "an integer >= 0"),
     ("mixed_precision", lambda v: v in ("no", "fp16", "bf16"), "one of no, fp16, bf16"),
     ("gradient_accumulation_steps", lambda v: v >= 1, "an integer >= 1"),
