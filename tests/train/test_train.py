@@ -235,6 +235,8 @@ def test_latent_cache_matches_vae_and_is_reused(tmp_path, toy_root):
     torch.testing.assert_close(cache[1]["latent_std"], dist.std, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(cache[1]["cameras"], dataset[1]["cameras"])
     assert cache[1]["caption"] == dataset[1]["caption"] and len(cache) == len(dataset)
+    read_by_workers = LatentCache(dataset, vae, tmp_path / "workers.safetensors", key, workers=2)
+    assert torch.equal(read_by_workers.mean, cache.mean) and read_by_workers.object_ids == cache.object_ids
     stamp = path.stat().st_mtime_ns
     LatentCache(dataset, vae, path, key)
     assert path.stat().st_mtime_ns == stamp  # same key: read back, not rebuilt

@@ -82,7 +82,8 @@ def test_damaged_latest_checkpoint_falls_back_and_leftovers_are_cleaned(tmp_path
         run_tiny(tmp_path / "other", toy_root, "max_steps=7", f"resume={ckpts / 'damaged-step_000006'}")
 
 
-def test_unreadable_items_are_left_out_of_the_latent_cache_and_reported(tmp_path, toy_root):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_items_are_left_out_of_the_latent_cache_and_reported(tmp_path, toy_root, workers):
     run_tiny(tmp_path / "build", toy_root, "max_steps=1")  # builds the toy world
     world = tmp_path / "world"
     shutil.copytree(toy_root, world)
@@ -91,7 +92,8 @@ def test_unreadable_items_are_left_out_of_the_latent_cache_and_reported(tmp_path
     bad = objects[1]
     (world / bad / "campos_512_v4" / "00005" / "00005.png").write_bytes(b"not a png")
     out = tmp_path / "run"
-    summary = run_tiny(out, world, "max_steps=2", "data.objects=all.txt", "data.cache_latents=true")
+    summary = run_tiny(out, world, "max_steps=2", "data.objects=all.txt", "data.cache_latents=true",
+                       f"dataloader.num_workers={workers}")
     from safetensors import safe_open
 
     with safe_open(str(out / "latent_cache.safetensors"), "pt") as f:

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from videomv.io import atomic_write
@@ -156,10 +156,11 @@ class LatentCache(Dataset):
     held contiguous whether just encoded or read back.
 
     An item the dataset cannot read (``load`` raises ``ItemError``) is left out and listed in
-    ``skipped`` as ``(object id, reason)``; no other item takes its place.
+    ``skipped`` as ``(object id, reason)``; no other item takes its place. ``workers`` > 0 reads
+    the items in that many processes (in order), while this one encodes.
     """
 
-    def __init__(self, dataset, vae, path: Path, key: str, device="cpu", chunk: int = 96):
+    def __init__(self, dataset, vae, path: Path, key: str, device="cpu", chunk: int = 96, workers: int = 0):
         path = Path(path)
         self.path = path
         self.skipped: list[tuple[str, str]] = []
@@ -169,7 +170,7 @@ class LatentCache(Dataset):
                 if meta.get("key") == key:
                     self._load(f, meta)
                     return
-        self._build(dataset, vae, key, device, chunk)
+        self._build(dataset, vae, key, device, chunk, workers)
 
     def _load(self, f, meta: dict) -> None:
         self.mean, self.std = f.get_tensor("mean"), f.get_tensor("std")
@@ -178,22 +179,14 @@ class LatentCache(Dataset):
         self.object_ids = json.loads(meta["object_ids"])
         self.skipped = [tuple(x) for x in json.loads(meta.get("skipped", "[]"))]
 
-    @staticmethod
-    def _read(dataset, index: int) -> dict:
-        """The item itself (``dataset.load``), never a neighbour standing in for it."""
-        return dataset.load(index) if hasattr(dataset, "load") else dataset[index]
-
     @torch.no_grad()
-    def _build(self, dataset, vae, key: str, device, chunk: int) -> None:
-        from videomv.data.common import ItemError
-
+    def _build(self, dataset, vae, key: str, device, chunk: int, workers: int) -> None:
         means, stds, cameras, captions, ids = [], [], [], [], []
-        for i in tqdm(range(len(dataset)), desc="caching latents", unit="obj"):
-            try:
-                item = self._read(dataset, i)
-            except ItemError as err:
-                item_id = dataset.item_id(i) if hasattr(dataset, "item_id") else str(i)
-                self.skipped.append((item_id, str(err)))
+        items = DataLoader(_ItemOrError(dataset), batch_size=None, num_workers=workers,
+                           prefetch_factor=4 if workers else None)
+        for item in tqdm(items, total=len(dataset), desc="caching latents", unit="obj"):
+            if "error" in item:
+                self.skipped.append((item["object_id"], item["error"]))
                 continue
             parts = [vae.encode(x.to(device, vae.dtype)).latent_dist for x in item["images"].split(chunk)]
             means.append(torch.cat([p.mean for p in parts]).half().cpu().contiguous())
@@ -219,6 +212,26 @@ class LatentCache(Dataset):
         return {"latent_mean": self.mean[index].float(), "latent_std": self.std[index].float(),
                 "cameras": self.cameras[index], "caption": self.captions[index],
                 "object_id": self.object_ids[index], "has_cameras": True}
+
+
+class _ItemOrError(Dataset):
+    """``dataset``'s items themselves (``dataset.load``, never a neighbour standing in), or
+    ``{"object_id", "error"}`` for one it cannot read, so a worker process reports it rather than dying."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        from videomv.data.common import ItemError
+
+        try:
+            return self.dataset.load(index) if hasattr(self.dataset, "load") else self.dataset[index]
+        except ItemError as err:
+            item_id = self.dataset.item_id(index) if hasattr(self.dataset, "item_id") else str(index)
+            return {"object_id": item_id, "error": str(err)}
 
 
 def latent_cache_key(vae, data_cfg, dataset) -> str:

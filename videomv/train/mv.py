@@ -143,7 +143,8 @@ class MultiViewTask(Task):
                     raise ValueError("data.cache_latents is for text -> MV only (I2MV needs the input image)")
                 key = latent_cache_key(self.vae, cfg.data, self.train_dataset)
                 path = resolve_path(cfg.output_dir) / "latent_cache.safetensors"
-                self.latents = LatentCache(self.train_dataset, self.vae, path, key, device)
+                self.latents = LatentCache(self.train_dataset, self.vae, path, key, device,
+                                           workers=int(cfg.dataloader.num_workers))
         self.image_dataset = build_image_dataset(cfg.data.image_data, cfg.data) \
             if cfg.data.get("image_data") and cfg.data.image_data.get("probability", 0) > 0 else None
 
