@@ -527,3 +527,19 @@ def test_min_snr_warns_when_the_noisiest_steps_get_almost_no_weight():
         warn_min_snr_high_noise(text, 5.0)
     assert warn_min_snr_high_noise(image, None) is None  # plain MSE
     assert warn_min_snr_high_noise(build_noise_scheduler(None, beta_end=1e-4), 5.0) is None  # SNR(T) >= 0.01
+
+
+def test_bf16_run_exports_the_frozen_parts_unrounded(tmp_path, toy_root):
+    """Mixed precision runs the frozen VAE in bf16; the exported folder still holds its float32 weights."""
+    from safetensors.torch import load_file
+
+    run(tmp_path / "fp32", toy_root, "max_steps=1")
+    summary = run(tmp_path / "bf16", toy_root, "max_steps=1", "mixed_precision=bf16")
+    assert math.isfinite(summary["history"][0]["loss"])
+    for part in ("vae", "text_encoder"):
+        name = "diffusion_pytorch_model.safetensors" if part == "vae" else "model.safetensors"
+        full, mixed = (load_file(tmp_path / r / "final" / part / name) for r in ("fp32", "bf16"))
+        if part == "vae":
+            assert all(torch.equal(full[k], mixed[k]) for k in full) and mixed["encoder.conv_in.weight"].dtype == torch.float32
+        else:  # trained jointly: float32 master weights
+            assert all(t.dtype == torch.float32 for t in mixed.values())

@@ -117,19 +117,25 @@ class MultiViewTask(Task):
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
 
         self.vae = load_vae(cfg.vae).to(device).requires_grad_(False).eval()
+        # Frozen parts compute in the mixed-precision dtype; their float32 weights are kept (on the
+        # CPU) for the export, which must hold the originals, not a bf16/fp16 rounding of them.
+        self.frozen_originals: list[tuple[torch.nn.Module, dict]] = []
         if self.weight_dtype != torch.float32:
+            self.keep_original(self.vae)
             self.vae.to(dtype=self.weight_dtype)
         self.scaling_factor = float(cfg.vae.get("scaling_factor") or self.vae.config.scaling_factor)
         # Trained weights stay float32 (mixed precision autocasts); model folders may store fp16.
         self.unet = build_unet(cfg.unet, self.kind).to(torch.float32)
         self.text = build_text_conditioner(cfg.text_encoder)
         self.train_text_encoder = bool(cfg.text_encoder.get("train", False))
-        self.text.to(device, torch.float32 if self.train_text_encoder else self.weight_dtype)
         if not self.train_text_encoder:
+            self.keep_original(self.text)
             self.text.requires_grad_(False)
+        self.text.to(device, torch.float32 if self.train_text_encoder else self.weight_dtype)
         self.image_conditioner = None
         if self.kind == "i2mv":
             self.image_conditioner = build_image_conditioner(cfg.image_encoder, self.vae)
+            self.keep_original(self.image_conditioner)
             self.image_conditioner.to(device, self.weight_dtype).requires_grad_(False)
         sched = cfg.noise_scheduler
         self.noise_scheduler = build_noise_scheduler(sched.get("preset", "t2v_eps"),
@@ -280,12 +286,19 @@ class MultiViewTask(Task):
             save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")
         return {}
 
+    def keep_original(self, module: torch.nn.Module) -> None:
+        """Remember `module`'s weights, before a cast to the compute dtype, for `finish`."""
+        if self.weight_dtype != torch.float32 and not any(m is module for m, _ in self.frozen_originals):
+            self.frozen_originals.append((module, {k: v.detach().to("cpu", copy=True)
+                                                   for k, v in module.state_dict().items()}))
+
     def finish(self, out_dir: Path, models):
         """Export ``<output_dir>/final``, a pipeline folder (model_index.json, unet/, vae/,
         text_encoder/, tokenizer/, scheduler/ [, image_encoder/, feature_extractor/]; safetensors;
-        EMA weights when EMA is on) that `T2MVPipeline` / `I2MVPipeline.from_pretrained` load."""
-        if self.vae.dtype != torch.float32:
-            self.vae.to(torch.float32)
+        EMA weights when EMA is on) that `T2MVPipeline` / `I2MVPipeline.from_pretrained` load.
+        Frozen parts go back to float32 and to their original weights first."""
+        for module, state in self.frozen_originals:
+            module.to(torch.float32).load_state_dict(state)
         with atomic_directory(Path(out_dir) / "final") as tmp:
             self.build_pipeline(models).save_pretrained(str(tmp), safe_serialization=True)
 
