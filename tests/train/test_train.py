@@ -529,17 +529,30 @@ def test_min_snr_warns_when_the_noisiest_steps_get_almost_no_weight():
     assert warn_min_snr_high_noise(build_noise_scheduler(None, beta_end=1e-4), 5.0) is None  # SNR(T) >= 0.01
 
 
-def test_bf16_run_exports_the_frozen_parts_unrounded(tmp_path, toy_root):
-    """Mixed precision runs the frozen VAE in bf16; the exported folder still holds its float32 weights."""
+@pytest.mark.parametrize("config", ["toy_t2mv.yaml", "toy_i2mv.yaml"])
+def test_bf16_run_exports_the_frozen_parts_unrounded(tmp_path, toy_root, config):
+    """Mixed precision runs the frozen parts in bf16; the exported folder still holds their float32
+    weights (text: the VAE; image: the VAE, the text and the image encoder, which holds the VAE too)."""
     from safetensors.torch import load_file
 
-    run(tmp_path / "fp32", toy_root, "max_steps=1")
-    summary = run(tmp_path / "bf16", toy_root, "max_steps=1", "mixed_precision=bf16")
-    assert math.isfinite(summary["history"][0]["loss"])
-    for part in ("vae", "text_encoder"):
-        name = "diffusion_pytorch_model.safetensors" if part == "vae" else "model.safetensors"
-        full, mixed = (load_file(tmp_path / r / "final" / part / name) for r in ("fp32", "bf16"))
-        if part == "vae":
-            assert all(torch.equal(full[k], mixed[k]) for k in full) and mixed["encoder.conv_in.weight"].dtype == torch.float32
-        else:  # trained jointly: float32 master weights
-            assert all(t.dtype == torch.float32 for t in mixed.values())
+    def run_with(out, *extra):
+        AcceleratorState._reset_state(True)
+        cfg = load_config(REPO / "configs" / config, TINY + [f"data.root={toy_root}", f"output_dir={out}",
+                                                             "max_steps=1", "image_encoder.init.hidden_size=16",
+                                                             "image_encoder.init.projection_dim=16", *extra],
+                          MultiViewConfig)
+        try:
+            return train(cfg, MultiViewTask, prepare=build_configured_world)
+        finally:
+            AcceleratorState._reset_state(True)
+
+    run_with(tmp_path / "fp32")
+    assert math.isfinite(run_with(tmp_path / "bf16", "mixed_precision=bf16")["history"][0]["loss"])
+    frozen = ["vae"] + (["text_encoder", "image_encoder"] if config == "toy_i2mv.yaml" else [])
+    for part in frozen:
+        files = sorted((tmp_path / "fp32" / "final" / part).glob("*.safetensors"))
+        assert files, part
+        for f in files:
+            full, mixed = load_file(f), load_file(tmp_path / "bf16" / "final" / part / f.name)
+            assert all(torch.equal(full[k], mixed[k]) for k in full), part
+            assert all(t.dtype == torch.float32 for t in mixed.values()), part

@@ -297,7 +297,7 @@ class MultiViewTask(Task):
         text_encoder/, tokenizer/, scheduler/ [, image_encoder/, feature_extractor/]; safetensors;
         EMA weights when EMA is on) that `T2MVPipeline` / `I2MVPipeline.from_pretrained` load.
         Frozen parts go back to float32 and to their original weights first."""
-        for module, state in self.frozen_originals:
+        for module, state in reversed(self.frozen_originals):  # a later one may hold an earlier one (the VAE)
             module.to(torch.float32).load_state_dict(state)
         with atomic_directory(Path(out_dir) / "final") as tmp:
             self.build_pipeline(models).save_pretrained(str(tmp), safe_serialization=True)
