@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     p.add_argument("--radius", type=float, help="default orbit radius (task default if omitted)")
     p.add_argument("--fovy", type=float, help="vertical field of view in degrees (task default if omitted)")
     p.add_argument("--guidance", type=float, help="default guidance scale (task default if omitted)")
-    p.add_argument("--steps", type=int, help="default DDIM steps (task default if omitted)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), help="the model's sampler (default: ddim)")
+    p.add_argument("--steps", type=int, help="the model's sampling steps (task default if omitted)")
     p.add_argument("--vae", type=Path, help="a VAE folder replacing the pipeline's; it must have the same encoder "
                                             "and scaling (e.g. from a decoder-only run)")
     p.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"),
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     if args.timestep_spacing is not None:
         pipeline.scheduler = ddim_with(pipeline.scheduler.config, timestep_spacing=args.timestep_spacing)
     given = dict(elevation=args.elevation, radius=args.radius, guidance_scale=args.guidance, fovy=args.fovy,
-                 num_inference_steps=args.steps)
+                 num_inference_steps=args.steps, sampler=args.sampler)
     settings = dict(resolution=args.resolution, **{k: v for k, v in given.items() if v is not None})
     model = VideoMV.from_parts(pipeline=pipeline, reconstructor=args.reconstructor, settings=settings)
     model.save_pretrained(args.out, dtype=DTYPES[args.dtype], share_with=args.share_with)
