@@ -4,7 +4,7 @@
 # is made by an earlier command here, never read from data/embedded. The result goes to $OUT
 # (default runs/embedded); data/embedded is left as it is.
 #
-#   bash tools/rebuild_embedded.sh            # about 20 hours on one core
+#   bash tools/rebuild_embedded.sh            # about 22 hours on one core
 #
 # Phases that continue an exported model start from its fp16 model folder (loaded as float32), as the
 # embedded models did. `stop_at` ends a run at a step of a longer schedule (checkpoint and export);
@@ -82,11 +82,24 @@ python scripts/train_recon.py --config configs/toy_recon.yaml inputs.source=gene
 # the grey + white VAE (as the embedded one was made)
 python scripts/train_vae.py --config configs/toy_vae_colours.yaml vae.path=runs/t2mv_phase4/vae
 
-# the two model folders (fp16; --share-with links any component identical to the text folder's). The
-# image model keeps the grey + white decoder (results.md)
+# text phase 7 and image phase 5 as model folders (fp16), what text phase 8, image phase 6 and
+# tools/train_on_device.sh start from. The image model keeps the grey + white decoder (results.md)
 python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v7/final --vae "$TEXT_VAE" \
-    --reconstructor runs/toy_recon_text_v2/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 4
+    --reconstructor runs/toy_recon_text_v2/reconstructor --out runs/t2mv_phase7 --resolution 64 --guidance 4
 python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v5/final --vae "$VAE" \
-    --reconstructor runs/toy_recon_image_v2/reconstructor --out "$OUT/i2mv" --resolution 64 \
-    --timestep-spacing trailing --share-with "$OUT/t2mv"
+    --reconstructor runs/toy_recon_image_v2/reconstructor --out runs/i2mv_phase5 --resolution 64 \
+    --timestep-spacing trailing
+
+# text phase 8 and image phase 6: 4000 more training objects (the toy world's train_plus4000.txt)
+python scripts/train_mv.py --config configs/toy_t2mv_v8.yaml
+python scripts/train_mv.py --config configs/toy_i2mv_v6.yaml
+
+# the two model folders (fp16, DPM-Solver++ at 20 steps; --share-with links any component identical
+# to the text folder's)
+python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v8/final --vae runs/t2mv_phase7/vae \
+    --reconstructor runs/t2mv_phase7/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 4 \
+    --sampler dpmsolver++ --steps 20
+python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v6/final --vae runs/i2mv_phase5/vae \
+    --reconstructor runs/i2mv_phase5/reconstructor --out "$OUT/i2mv" --resolution 64 \
+    --timestep-spacing trailing --sampler dpmsolver++ --steps 20 --share-with "$OUT/t2mv"
 echo "rebuilt: $OUT/t2mv $OUT/i2mv (compare with data/embedded)"

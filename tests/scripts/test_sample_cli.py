@@ -392,7 +392,7 @@ def test_ctrl_c_while_sampling_says_one_line_and_writes_nothing(model_dir, tmp_p
                              "--prompt", "a cube", "--steps", "999", "--no-3d-aware", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
-    while "DDIM" not in seen:  # the progress bar: sampling has started
+    while "denoising" not in seen:  # the progress bar: sampling has started
         chunk = proc.stderr.read(1)
         assert chunk, f"the script ended before sampling: {seen}"
         seen += chunk
