@@ -126,11 +126,11 @@ def validate(args: argparse.Namespace) -> dict:
     from videomv.geometry import load_trajectory
 
     cameras = load_trajectory(args.cameras, max_cameras=MAX_VIEWS) if args.cameras else None
-    from videomv.sampling.ddim import DEFAULT_STEPS
+    from videomv.sampling.ddim import steps_for
 
-    sampler = args.sampler or settings.get("sampler", "ddim")
-    own = sampler == settings.get("sampler", "ddim")
-    check_steps(args.model, args.steps or (int(settings["num_inference_steps"]) if own else DEFAULT_STEPS[sampler]), sampler)
+    own_sampler = settings.get("sampler", "ddim")
+    sampler = args.sampler or own_sampler
+    check_steps(args.model, args.steps or steps_for(sampler, own_sampler, settings["num_inference_steps"]), sampler)
     image = None
     if args.image is not None:
         from videomv.sampling.export import load_condition_image

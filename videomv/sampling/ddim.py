@@ -70,6 +70,11 @@ SAMPLERS = ("ddim", "dpmsolver++")
 DEFAULT_STEPS = {"ddim": 50, "dpmsolver++": 20}
 
 
+def steps_for(sampler: str, model_sampler: str, model_steps: int) -> int:
+    """Steps when none are asked for: the model's own count for its own sampler, else `DEFAULT_STEPS`."""
+    return int(model_steps) if sampler == model_sampler else DEFAULT_STEPS[sampler]
+
+
 def scheduler_for(sampler: str, ddim: DDIMScheduler) -> DDIMScheduler | DPMSolverMultistepScheduler:
     """The scheduler of `sampler` on the noise schedule of the model's DDIM scheduler `ddim` (same
     betas, zero-SNR rescaling, prediction type and timestep spacing): "ddim" is `ddim` itself,

@@ -25,7 +25,7 @@ from ..models.conditioning import is_bundled_clip_tokenizer
 from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
 from ..recon import Reconstructor
-from .ddim import DEFAULT_STEPS, SAMPLERS
+from .ddim import SAMPLERS, steps_for
 from .aware import ReconstructionHook, aware_step_indices, find_orthogonal_views, orthogonal_cameras_for
 from .model_folder import drop_source_paths, link_identical_components, require_empty_destination
 from .pipeline import I2MVPipeline, T2MVPipeline, dtype_kwargs
@@ -291,7 +291,7 @@ class VideoMV:
         if negative_prompt is None and s.negative_prompt:
             negative_prompt = s.negative_prompt
         sampler = sampler or s.sampler
-        steps = num_inference_steps or (s.num_inference_steps if sampler == s.sampler else DEFAULT_STEPS[sampler])
+        steps = num_inference_steps or steps_for(sampler, s.sampler, s.num_inference_steps)
         guidance = s.guidance_scale if guidance_scale is None else guidance_scale
         cameras = self.default_cameras() if cameras is None else check_c2w(cameras, "cameras")
         if cameras.ndim != 3:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from videomv.data.gobjaverse import VIEW_DIR, view_files
 from videomv.geometry import c2w_to_gobjaverse_json
+from videomv.io import atomic_write_text
 
 from . import world as toyworld
 
@@ -167,16 +168,8 @@ def extend_train_split(root, extra: int, workers: int | None = None, progress: b
             new[key] = caption
     kept = [object_key(i) for i in range(start, start + extra) if new[object_key(i)] not in held_out]
     captions.update({object_key(i): new[object_key(i)] for i in range(start, start + extra)})
-    _write_atomic(root / "captions.json", json.dumps(captions, indent=0))
-    path = root / extended_train_list(extra)
-    _write_atomic(path, "".join(o + "\n" for o in split["train"] + kept))
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(root / "captions.json", json.dumps(captions, indent=0))
+    return atomic_write_text(root / extended_train_list(extra), "".join(o + "\n" for o in split["train"] + kept))
 
 
 def ensure_toy_dataset(root, toy_cfg) -> Path:
