@@ -4,7 +4,7 @@ views, the orbit video, the 3D viewer and the downloads on the page.
 
 Needs `apt-get install chromium` (or VIDEOMV_CHROMIUM=/path/to/chromium) and `pip install playwright`;
 skipped without them. VIDEOMV_DEMO_SCREENSHOT=path also saves the page as a small PNG there, and
-VIDEOMV_DEMO_STEPS sets the DDIM steps of the run (default 4).
+VIDEOMV_DEMO_STEPS sets the denoising steps of the run (default 4).
 """
 
 import io
@@ -97,11 +97,11 @@ def test_prompt_to_views_video_and_3d_viewer(page, tmp_path):
     steps = page.locator("#steps-text input[type=number]")
     steps.fill(str(STEPS))
     steps.press("Enter")
-    # Remember whether the DDIM loop's progress was shown while sampling.
+    # Remember whether the denoising loop's progress was shown while sampling.
     page.evaluate("""() => {
         window.sawProgress = false;
         new MutationObserver(() => {
-            if (/DDIM - [0-9.]+%/.test(document.body.innerText)) window.sawProgress = true;
+            if (/denoising - [0-9.]+%/.test(document.body.innerText)) window.sawProgress = true;
         }).observe(document.body, {subtree: true, childList: true, characterData: true});
     }""")
     page.click("#generate-text")
@@ -109,7 +109,7 @@ def test_prompt_to_views_video_and_3d_viewer(page, tmp_path):
 
     status = page.inner_text("#status")
     assert "24 views sampled in" in status and f"{STEPS} steps" in status and "3D-aware at steps" in status
-    assert page.evaluate("window.sawProgress"), "the DDIM progress never appeared on the page"
+    assert page.evaluate("window.sawProgress"), "the denoising progress never appeared on the page"
 
     # The orbit video loads and decodes.
     page.wait_for_function("(() => { const v = document.querySelector('#video video');"

@@ -245,7 +245,7 @@ def _task_inputs(demo: Demo, task: str):
                          image_mode="RGBA", format="png", sources=["upload", "clipboard"], elem_id="image")
     button = gr.Button("Generate", variant="primary", elem_id=f"generate-{task}")
     with gr.Accordion("Settings", open=True):
-        steps = gr.Slider(1, MAX_STEPS, value=d["steps"], step=1, label="Steps (DDIM)", elem_id=f"steps-{task}")
+        steps = gr.Slider(1, MAX_STEPS, value=d["steps"], step=1, label="Steps", elem_id=f"steps-{task}")
         guidance = gr.Slider(0, 20, value=d["guidance"], step=0.5, label="Guidance scale")
         seed = gr.Number(value=d["seed"], precision=0, minimum=0, label="Seed")
         elevation = gr.Slider(-30, 60, value=d["elevation"], step=1, label="Camera elevation (degrees)")
