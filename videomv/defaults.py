@@ -22,7 +22,9 @@ class ReleaseDefaults:
     """What a model of one task generates by default: a `num_views` orbit at `elevation` degrees and
     `radius`, seen with vertical field of view `fovy` degrees on `background`, `num_inference_steps`
     DDIM steps with classifier-free guidance `guidance_scale`, at `resolution` pixels; `fps` is the
-    frame-rate condition of the image model."""
+    frame-rate condition of the image model; the UNet's text context is the text encoder's last
+    layer, or with `clip_skip` = k its k-th from the end through the final layer norm (the image
+    model, as I2VGen-XL, takes the penultimate: 1)."""
 
     task: str
     elevation: float
@@ -34,10 +36,11 @@ class ReleaseDefaults:
     num_inference_steps: int = 50
     resolution: int = 256
     fps: int = 16
+    clip_skip: int | None = None
 
 
 TEXT = ReleaseDefaults(task="text", elevation=15.0, radius=2.0, background=GREY, guidance_scale=9.0)
-IMAGE = ReleaseDefaults(task="image", elevation=5.0, radius=1.7, background=WHITE, guidance_scale=6.0)
+IMAGE = ReleaseDefaults(task="image", elevation=5.0, radius=1.7, background=WHITE, guidance_scale=6.0, clip_skip=1)
 TASKS = {"text": TEXT, "image": IMAGE}
 
 

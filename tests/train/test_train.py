@@ -556,3 +556,56 @@ def test_bf16_run_exports_the_frozen_parts_unrounded(tmp_path, toy_root, config)
             full, mixed = load_file(f), load_file(tmp_path / "bf16" / "final" / part / f.name)
             assert all(torch.equal(full[k], mixed[k]) for k in full), part
             assert all(t.dtype == torch.float32 for t in mixed.values()), part
+
+
+def test_image_model_trains_on_the_text_context_its_pipeline_samples_with(tmp_path, toy_root, monkeypatch):
+    """The image pipeline takes the text encoder's penultimate layer (as I2VGen-XL); training must
+    feed the UNet the same context, not the last layer."""
+    import videomv.sampling.pipeline as pipeline_module
+    import videomv.train.mv as mv_module
+    from videomv.sampling import I2MVPipeline
+
+    seen = {}
+
+    def spy(where, module):
+        real = module.denoise
+
+        def wrapped(unet, latents, t, condition, *args, **kwargs):
+            seen.setdefault(where, condition.text.detach().clone())
+            return real(unet, latents, t, condition, *args, **kwargs)
+
+        monkeypatch.setattr(module, "denoise", wrapped)
+
+    spy("train", mv_module)
+    AcceleratorState._reset_state(True)
+    cfg = load_config(REPO / "configs" / "toy_i2mv.yaml",
+                      TINY + [f"data.root={toy_root}", f"output_dir={tmp_path}", "max_steps=1",
+                              "image_encoder.init.hidden_size=16", "image_encoder.init.projection_dim=16",
+                              "text_encoder.init.num_layers=2"], MultiViewConfig)
+    try:
+        train(cfg, MultiViewTask, prepare=build_configured_world)
+    finally:
+        AcceleratorState._reset_state(True)
+
+    spy("sample", pipeline_module)
+    pipe = I2MVPipeline.from_pretrained(str(tmp_path / "final"))
+    pipe(torch.full((3, 16, 16), 0.5), cameras=torch.eye(4).repeat(4, 1, 1), num_inference_steps=1,
+         guidance_scale=1.0, progress=False, output_type="latent")
+    train_context, sample_context = seen["train"][:1], seen["sample"]
+    torch.testing.assert_close(train_context, sample_context, rtol=1e-5, atol=1e-5)
+    last_layer = pipe.text_conditioner.encode([""])
+    assert (last_layer - sample_context).abs().max() > 1e-2  # the two layers differ: the check can fail
+
+
+def test_input_perturbation_adds_independent_noise_of_scale_gamma():
+    from videomv.train.diffusion import perturbed_noise
+
+    noise = torch.randn(1_000_000, generator=torch.Generator().manual_seed(0))
+    assert perturbed_noise(noise, 0.0) is noise  # off: the same tensor, no draw
+    extra = perturbed_noise(noise, 0.1, torch.Generator().manual_seed(1)) - noise
+    assert abs(extra.std().item() - 0.1) < 0.001
+    assert abs(torch.corrcoef(torch.stack([extra, noise]))[0, 1].item()) < 0.005
+    with pytest.raises(ValueError, match="input_perturbation"):
+        perturbed_noise(noise, -0.1)
+    with pytest.raises(ValueError, match="input_perturbation"):
+        tiny_config("input_perturbation=-1")

@@ -130,13 +130,15 @@ class TextConditioner(nn.Module):
             truncation=True, return_tensors="pt",
         ).input_ids
 
-    def encode(self, prompts: list[str], clip_skip: int | None = None) -> torch.Tensor:
+    def encode(self, prompts: list[str], clip_skip: int | None = None, text_encoder=None) -> torch.Tensor:
         """(B, 77, D) token embeddings: the last hidden state, or with `clip_skip` = k the output of
-        the k-th layer from the end passed through the final layer norm (as diffusers' pipelines)."""
+        the k-th layer from the end passed through the final layer norm (as diffusers' pipelines).
+        `text_encoder`: a wrapper of this conditioner's model to run instead (e.g. DDP in training)."""
         ids = self.tokenize(prompts).to(self.device)
+        model = self.text_encoder if text_encoder is None else text_encoder
         if clip_skip is None:
-            return self.text_encoder(ids)[0]
-        hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+            return model(ids)[0]
+        hidden = model(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
         text_model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers < 5 nests it
         return text_model.final_layer_norm(hidden)
 

@@ -238,7 +238,7 @@ class I2MVPipeline(_MultiViewPipeline):
         guidance_scale: float = IMAGE.guidance_scale,
         negative_prompt: str | list[str] | None = None,
         target_fps: int = IMAGE.fps,
-        clip_skip: int | None = 1,
+        clip_skip: int | None = IMAGE.clip_skip,
         eta: float = 0.0,
         sampler: str = "ddim",
         generator: torch.Generator | None = None,

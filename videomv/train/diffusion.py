@@ -41,6 +41,16 @@ def randn_as(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
+def perturbed_noise(noise: torch.Tensor, gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The noise that goes into the UNet's input under input perturbation (DDPM-IP, Ning et al.
+    2023): eps + gamma * xi with fresh xi, while the loss target keeps eps. The model then learns to
+    undo inputs slightly off the forward process, as its own sampling steps make them (exposure
+    bias). gamma = 0 returns `noise` itself and draws nothing."""
+    if gamma < 0:
+        raise ValueError(f"input_perturbation: expected a number >= 0, got {gamma}")
+    return noise + gamma * randn_as(noise, generator) if gamma else noise
+
+
 def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at integer ``timesteps``."""
     ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()

@@ -21,7 +21,8 @@ from videomv.models.latents import vae_encode
 
 from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
                        read_prompts, resolve_path, take_views, view_window)
-from .diffusion import build_noise_scheduler, diffusion_target, randn_as, warn_min_snr_high_noise
+from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as,
+                        warn_min_snr_high_noise)
 from .engine import Task
 from .losses import diffusion_loss
 from .schema import MultiViewConfig
@@ -177,11 +178,10 @@ class MultiViewTask(Task):
         return MixedStream(mv, images, prob, seed)
 
     def encode_prompts(self, prompts: list[str], text_model=None) -> torch.Tensor:
-        """(B, 77, D) prompt embeddings; ``text_model`` is the (DDP-wrapped) trainable CLIPTextModel."""
-        if text_model is None:
-            return self.text.encode(prompts).to(self.accelerator.device)
-        ids = self.text.tokenize(prompts).to(self.accelerator.device)
-        return text_model(ids)[0]
+        """(B, 77, D) prompt embeddings from the layer the task's pipeline takes (the image model:
+        the penultimate, `IMAGE.clip_skip`); ``text_model`` is the (DDP-wrapped) trainable CLIPTextModel."""
+        clip_skip = (TEXT if self.kind == "t2mv" else IMAGE).clip_skip
+        return self.text.encode(prompts, clip_skip, text_model).to(self.accelerator.device)
 
     def loss(self, batch, models, step):
         device = self.accelerator.device
@@ -200,7 +200,8 @@ class MultiViewTask(Task):
         bsz = latents.shape[0]
         noise = randn_as(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        gamma = float(self.cfg.get("input_perturbation") or 0.0)
+        noisy = self.noise_scheduler.add_noise(latents, perturbed_noise(noise, gamma), timesteps)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
 
         has_cameras = batch["has_cameras"].to(device).bool()

@@ -128,7 +128,7 @@ class ReconstructorTask(Task):
         if hasattr(pipe, "image_encoder"):
             first = ((images[:, 0] + 1) / 2).clamp(0, 1)
             cond = pipe.image_conditioner.encode(first, latents.shape[2])
-            context = pipe.text_conditioner.encode([""] * b)
+            context = pipe.text_conditioner.encode([""] * b, IMAGE.clip_skip)
             condition = MultiViewCondition(context, cameras, image=cond, fps=torch.full((b,), IMAGE.fps, device=device))
         else:
             context = pipe.text_conditioner.encode(list(batch["caption"]))

@@ -201,6 +201,7 @@ class MultiViewConfig(EngineConfig):
     data: MultiViewDataConfig = field(default_factory=MultiViewDataConfig)
     validation: MultiViewValidationConfig = field(default_factory=MultiViewValidationConfig)
     min_snr_gamma: Optional[float] = None
+    input_perturbation: float = 0.0  # DDPM-IP gamma: the UNet's input noise is eps + gamma * xi, the target eps
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -303,6 +304,7 @@ RANGES = [
     ("data.text_dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("data.image_data.probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("min_snr_gamma", lambda v: v is None or v > 0, "null or a number > 0"),
+    ("input_perturbation", lambda v: v >= 0, "a number >= 0 (0: off)"),
     ("inputs.source", lambda v: v in ("ground_truth", "generator"), "ground_truth or generator"),
     ("inputs.t_max", lambda v: 0 <= v <= 999, "an integer in [0, 999]"),
     ("inputs.views", lambda v: v in ("orthogonal", "random"), "orthogonal or random"),
