@@ -95,7 +95,7 @@ def test_first_step_probe_returns_the_conditional_estimate_of_the_first_step(toy
 
     oid = first_object(toy_root)
     model = StandIn(toy_root, oid, "truth", task="image")
-    model.settings.__dict__.update(guidance_scale=6.0, num_inference_steps=50, fps=16)
+    model.settings.__dict__.update(guidance_scale=6.0, num_inference_steps=50, fps=16, sampler="ddim")
     model.pipeline = ProbePipeline()
     model.decode = lambda z: z.permute(0, 2, 1, 3, 4)  # (B, C=3, F, H, W) "latents" are the images
     x0, truth = first_step_views(model, toy_root, oid, num_frames=5)
@@ -106,6 +106,23 @@ def test_first_step_probe_returns_the_conditional_estimate_of_the_first_step(toy
         first_step_views(model, toy_root, oid, num_frames=0)
     with pytest.raises(ValueError, match="image model"):
         first_step_views(StandIn(toy_root, oid, "truth"), toy_root, oid, num_frames=5)
+
+
+def test_x0_estimates_are_taken_at_the_asked_steps_and_stop_the_loop(toy_root):
+    from videomv.toy.bar import x0_estimates
+
+    oid = first_object(toy_root)
+    model = StandIn(toy_root, oid, "truth", task="image")
+    model.settings.__dict__.update(guidance_scale=6.0, num_inference_steps=20, fps=16, sampler="dpmsolver++")
+    model.pipeline = ProbePipeline()
+    halves = lambda z: z.permute(0, 2, 1, 3, 4) / 2  # noqa: E731  a stand-in decoder
+    estimates, truth = x0_estimates(model, toy_root, oid, [4, 0, 2], decode=halves)
+    assert model.pipeline.hook_calls == 5  # stopped after index 4
+    assert sorted(estimates) == [0, 2, 4] and truth.shape[0] == model.pipeline.cameras.shape[1]
+    assert all(bool((estimates[i] == (i + 1) / 2).all()) for i in estimates)  # conditional branch, decoded
+    for bad in ([], [20], [-1]):
+        with pytest.raises(ValueError, match="step_indices"):
+            x0_estimates(model, toy_root, oid, bad)
 
 
 def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):

@@ -128,8 +128,8 @@ def training_captions(root) -> set[str]:
     return {toy_object_for(root, o).caption for o in read_split(root, "train")}
 
 
-class _FirstStepSeen(Exception):
-    """Raised by the probe's z0 hook to stop the loop after the first UNet call."""
+class _LastStepSeen(Exception):
+    """Raised by a probe's z0 hook to stop the loop after the last step it asked for."""
 
 
 def first_step_views(model, root, object_id: str, num_frames: int, seed: int = 0):
@@ -139,25 +139,46 @@ def first_step_views(model, root, object_id: str, num_frames: int, seed: int = 0
 
     This is the step where only the condition can tell the colours, so a model that lost its
     condition shows it here first (e.g. trained on 8-view windows, sampled with 24 views)."""
+    estimates, truth = x0_estimates(model, root, object_id, [0], num_frames, seed)
+    return estimates[0], truth
+
+
+def x0_estimates(model, root, object_id: str, step_indices: list[int], num_frames: int | None = None,
+                 seed: int = 0, decode=None):
+    """The image model's conditional x0 estimates at the loop indices `step_indices` of one sampling
+    run (the model's sampler, steps and guidance, not 3D-aware), decoded, for the first `num_frames`
+    orbit cameras of a test object (default all) conditioned on its view 0:
+    ({index: (F, 3, H, W)}, ground truth (F, 3, H, W)). `decode` maps (B, C, F, h, w) latents to
+    (B, F, 3, H, W) images in [0, 1] (default the model's VAE).
+
+    Against the truth they show where along the loop a sample keeps or loses what the first step
+    knew; the loop stops after the last index asked for."""
     s = model.settings
     if s.task != "image":
-        raise ValueError(f"first_step_views probes an image model; this one is a {s.task!r} model")
+        raise ValueError(f"x0_estimates probes an image model; this one is a {s.task!r} model")
     _, cams, truth = object_views(model, root, object_id)
+    num_frames = len(cams) if num_frames is None else num_frames
     if not 1 <= num_frames <= len(cams):
         raise ValueError(f"num_frames must be in [1, {len(cams)}], got {num_frames}")
+    wanted = sorted(set(step_indices))
+    if not wanted or wanted[0] < 0 or wanted[-1] >= s.num_inference_steps:
+        raise ValueError(f"step_indices must be loop indices in [0, {s.num_inference_steps - 1}], got {step_indices}")
+    decode = decode or model.decode
     seen = {}
 
     def hook(i, t, z0_cond, z0_uncond, latents):
-        seen["z0"] = z0_cond
-        raise _FirstStepSeen
+        if i in wanted:
+            seen[i] = decode(z0_cond)[0].float().cpu()
+        if i == wanted[-1]:
+            raise _LastStepSeen
 
     try:
         model.pipeline(truth[0][None], cameras=cams[None, :num_frames], guidance_scale=s.guidance_scale,
-                       num_inference_steps=s.num_inference_steps, seed=seed, target_fps=s.fps,
+                       num_inference_steps=s.num_inference_steps, sampler=s.sampler, seed=seed, target_fps=s.fps,
                        height=s.resolution, width=s.resolution, z0_hook=hook, progress=False)
-    except _FirstStepSeen:
+    except _LastStepSeen:
         pass
-    return model.decode(seen["z0"])[0].float().cpu(), truth[:num_frames]
+    return seen, truth[:num_frames]
 
 
 @torch.no_grad()
