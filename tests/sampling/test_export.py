@@ -215,3 +215,23 @@ def test_export_refuses_a_non_empty_out_and_keeps_its_files(tmp_path, capsys):
         tool.main(["--task", "image", "--resolution", str(RESOLUTION), "--pipeline", str(tmp_path / "final"),
                    "--out", str(tmp_path / "new")])
     assert not (tmp_path / "new").exists()
+
+
+
+def test_settings_clip_skip_reaches_the_pipeline_and_older_folders_get_the_task_default(tmp_path):
+    import json
+
+    from videomv.defaults import TEXT
+
+    model = tiny_text_videomv(with_reconstructor=False, seed=0)
+    skipped = VideoMV.from_parts(pipeline=model.pipeline, settings={"resolution": RESOLUTION, "clip_skip": 1})
+    direct = model.pipeline("a red cube", cameras=RUN["cameras"][None], num_inference_steps=2, guidance_scale=3.0,
+                            height=RESOLUTION, width=RESOLUTION, seed=0, clip_skip=1, progress=False).images[0]
+    assert torch.equal(skipped("a red cube", **RUN).images, direct)
+    assert not torch.equal(model("a red cube", **RUN).images, direct)  # the last layer is another context
+
+    saved = skipped.save_pretrained(tmp_path / "model")
+    settings = json.loads((saved / "videomv.json").read_text())
+    assert settings.pop("clip_skip") == 1
+    (saved / "videomv.json").write_text(json.dumps(settings))  # a folder written before settings had clip_skip
+    assert VideoMV.from_pretrained(saved).settings.clip_skip == TEXT.clip_skip

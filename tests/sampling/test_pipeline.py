@@ -245,6 +245,7 @@ def test_release_defaults_are_the_papers_and_reach_pipelines_and_settings():
         params = inspect.signature(cls.__call__).parameters
         assert params["guidance_scale"].default == release.guidance_scale
         assert params["num_inference_steps"].default == release.num_inference_steps
+        assert params["clip_skip"].default == release.clip_skip  # text: last layer; image: penultimate
         settings = asdict(VideoMVSettings.for_task(release.task))  # plus the release-parity settings
         assert {k: settings[k] for k in asdict(release)} == asdict(release)
     assert inspect.signature(I2MVPipeline.__call__).parameters["target_fps"].default == IMAGE.fps

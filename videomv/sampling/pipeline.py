@@ -177,6 +177,7 @@ class T2MVPipeline(_MultiViewPipeline):
         num_inference_steps: int = TEXT.num_inference_steps,
         guidance_scale: float = TEXT.guidance_scale,
         negative_prompt: str | list[str] | None = None,
+        clip_skip: int | None = TEXT.clip_skip,
         eta: float = 0.0,
         sampler: str = "ddim",
         generator: torch.Generator | None = None,
@@ -190,7 +191,8 @@ class T2MVPipeline(_MultiViewPipeline):
         cross_attention_kwargs: dict | None = None,
         progress: bool = True,
     ) -> MultiViewPipelineOutput:
-        """Generate views; `cameras` set the views (default: the `TEXT` orbit, 24 views at 15 deg, radius 2.0).
+        """Generate views; `cameras` set the views (default: the `TEXT` orbit, 24 views at 15 deg, radius 2.0);
+        `clip_skip` = k takes the text encoder's k-th layer from the end (default: the last).
         `sampler`: "ddim" or "dpmsolver++" (20-25 steps). `z0_hook`: see `videomv.sampling.ddim`."""
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
         height, width = self.check_size(height, width)
@@ -199,7 +201,7 @@ class T2MVPipeline(_MultiViewPipeline):
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
 
-        text, negative_text = self.prompt_embeddings(prompt, negative_prompt, do_cfg)
+        text, negative_text = self.prompt_embeddings(prompt, negative_prompt, do_cfg, clip_skip)
         cameras = cameras.to(device=device, dtype=text.dtype)
         condition = MultiViewCondition(text, cameras)
         latents = self.prepare_latents(len(prompt), cameras.shape[1], height, width, text.dtype, generator, latents)

@@ -50,6 +50,7 @@ class VideoMVSettings:
     sampler: str = "ddim"  # or "dpmsolver++" (`videomv.sampling.ddim.SAMPLERS`), with its own num_inference_steps
     resolution: int = TEXT.resolution
     fps: int = TEXT.fps  # image model: the fps condition it was trained with
+    clip_skip: int | None = TEXT.clip_skip  # text context: the encoder's last layer (None) or k-th from the end
     # Where the official release's sampling differs from the paper's (see `videomv.sampling.parity`,
     # whose `release` preset sets these); the defaults are this project's behaviour.
     negative_prompt: str = ""  # text of the unconditional branch
@@ -317,7 +318,7 @@ class VideoMV:
                                       render_size=s.aware_render_size)
         common = dict(cameras=cameras[None], num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
                       sampler=sampler, height=s.resolution, width=s.resolution, z0_hook=hook, negative_prompt=negative_prompt,
-                      output_type="pt", progress=progress)
+                      clip_skip=s.clip_skip, output_type="pt", progress=progress)
         if s.task == "text":
             out = self.pipeline(prompt, **common)
         else:
