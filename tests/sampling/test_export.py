@@ -217,7 +217,6 @@ def test_export_refuses_a_non_empty_out_and_keeps_its_files(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
-
 def test_settings_clip_skip_reaches_the_pipeline_and_older_folders_get_the_task_default(tmp_path):
     import json
 

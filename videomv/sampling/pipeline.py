@@ -192,7 +192,7 @@ class T2MVPipeline(_MultiViewPipeline):
         progress: bool = True,
     ) -> MultiViewPipelineOutput:
         """Generate views; `cameras` set the views (default: the `TEXT` orbit, 24 views at 15 deg, radius 2.0);
-        `clip_skip` = k takes the text encoder's k-th layer from the end (default: the last).
+        `clip_skip` = k takes the text encoder's layer k before the last (default: the last).
         `sampler`: "ddim" or "dpmsolver++" (20-25 steps). `z0_hook`: see `videomv.sampling.ddim`."""
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
         height, width = self.check_size(height, width)

@@ -50,7 +50,7 @@ class VideoMVSettings:
     sampler: str = "ddim"  # or "dpmsolver++" (`videomv.sampling.ddim.SAMPLERS`), with its own num_inference_steps
     resolution: int = TEXT.resolution
     fps: int = TEXT.fps  # image model: the fps condition it was trained with
-    clip_skip: int | None = TEXT.clip_skip  # text context: the encoder's last layer (None) or k-th from the end
+    clip_skip: int | None = TEXT.clip_skip  # text context: the encoder's last layer (None) or layer k before it
     # Where the official release's sampling differs from the paper's (see `videomv.sampling.parity`,
     # whose `release` preset sets these); the defaults are this project's behaviour.
     negative_prompt: str = ""  # text of the unconditional branch
