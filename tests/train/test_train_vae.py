@@ -120,3 +120,36 @@ def test_decoder_only_phase_keeps_the_latent_space(first_phase, config):
     metrics = json.loads((out / "vae" / "metrics.json").read_text())
     assert set(metrics) == {"heldout_psnr", "scaling_factor", "psnr_grey", "psnr_white"}
     assert metrics["psnr_grey"] == pytest.approx(metrics["heldout_psnr"])
+
+
+class RecordInput(torch.nn.Module):
+    """Stands in for `Autoencode`: keeps the images it is given, reconstructs them exactly."""
+
+    def forward(self, x):
+        self.seen = x
+        return x, torch.zeros(1), torch.zeros(1)
+
+
+@pytest.mark.parametrize("backgrounds", [["white"], ["grey"], ["grey", "white"]])
+def test_decoder_trains_on_its_backgrounds_even_one_unlike_the_datasets(first_phase, backgrounds):
+    from accelerate import Accelerator
+
+    tmp_path, first, _, _ = first_phase
+    cfg = load_config(REPO / "configs" / "toy_vae_colours.yaml",
+                      TINY + [f"data.root={tmp_path / 'world16'}", f"vae.path={first / 'vae'}",
+                              f"backgrounds={backgrounds}".replace("'", "")], VAEConfig)
+    task = VAETask(cfg, Accelerator(cpu=True))
+    items = [task.train_dataset[i] for i in range(2)]
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("images", "alphas")}
+    recorder = RecordInput()
+    task.loss(batch, {"vae": recorder}, step=0)
+    x = recorder.seen  # (B * views_per_object, 3, H, W), views drawn at random: compare per image
+    on_grey = batch["images"].flatten(0, 1)
+    alphas = batch["alphas"].flatten(0, 1)
+    candidates = {name: recomposite(on_grey, alphas, parse_background("grey"), parse_background(name))
+                  for name in ("grey", "white")}
+    for image in x:
+        matches = {name for name, c in candidates.items() if any(torch.allclose(image, v, atol=1e-6) for v in c)}
+        assert matches and matches <= set(backgrounds), (backgrounds, matches)
+    if backgrounds == ["white"]:
+        assert (x[:, :, 0, 0] > 0.99).all()  # a corner pixel is background: white is 1 in [-1, 1]

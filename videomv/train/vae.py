@@ -100,10 +100,7 @@ class VAETask(Task):
         idx = torch.randperm(images.shape[1])[:per_object]
         x = images[:, idx].flatten(0, 1).to(self.accelerator.device)
         alphas = batch["alphas"][:, idx].flatten(0, 1).to(x.device)
-        if len(self.backgrounds) > 1:
-            choices = torch.stack(list(self.backgrounds.values()))
-            pick = choices[torch.randint(len(choices), (x.shape[0],))]
-            x = recomposite(x, alphas, self.dataset_background, pick)
+        x = self.on_training_backgrounds(x, alphas)
         recon, mean, logvar = models["vae"](x)
         object_weight = float(self.cfg.get("object_weight", 0.0))
         weight = 1 + object_weight * alphas if object_weight else None
@@ -111,6 +108,15 @@ class VAETask(Task):
         kl = kl_divergence(mean, logvar)
         loss = rec + float(self.cfg.get("kl_weight", 1e-6)) * kl
         return loss, {"rec": rec.item(), "kl": kl.item()}
+
+    def on_training_backgrounds(self, x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+        """Images `x` (N, 3, H, W), composited on the dataset's background, re-composited each on one
+        of `backgrounds` drawn at random; as they are when that is the dataset's background alone."""
+        choices = torch.stack(list(self.backgrounds.values()))
+        if len(choices) == 1 and torch.equal(choices[0], self.dataset_background):
+            return x
+        pick = choices[torch.randint(len(choices), (x.shape[0],))]
+        return recomposite(x, alphas, self.dataset_background, pick.to(x.device))
 
     @torch.no_grad()
     def heldout_psnr(self, vae: AutoencoderKL, limit: int | None = None, background=None) -> float:
