@@ -597,6 +597,53 @@ def test_image_model_trains_on_the_text_context_its_pipeline_samples_with(tmp_pa
     assert (last_layer - sample_context).abs().max() > 1e-2  # the two layers differ: the check can fail
 
 
+def test_object_weights_and_the_weighted_diffusion_loss_by_hand():
+    from videomv.train.losses import object_weights
+
+    alphas = torch.zeros(1, 2, 1, 4, 4)
+    alphas[0, 0, 0, :2, :2] = 1.0  # frame 0: the top-left latent position fully covered
+    alphas[0, 0, 0, 2, 3] = 1.0  # and a quarter of the bottom-right one
+    weight = object_weights(alphas, (2, 2), 4.0)
+    assert weight.shape == (1, 1, 2, 2, 2)  # (B, 1, F, h, w), the latents' layout
+    torch.testing.assert_close(weight[0, 0, 0], torch.tensor([[5.0, 1.0], [1.0, 2.0]]))
+    torch.testing.assert_close(weight[0, 0, 1], torch.ones(2, 2))
+    with pytest.raises(ValueError, match="alphas"):
+        object_weights(torch.zeros(1, 2, 4, 4), (2, 2), 4.0)
+
+    scheduler = build_noise_scheduler("t2v_eps")
+    t = torch.tensor([10])
+    target = torch.zeros(1, 4, 2, 2, 2)
+    target[0, :, 0, 0, 0] = 1.0  # error 1 at the object position, 0 elsewhere
+    pred = torch.zeros_like(target)
+    assert diffusion_loss(pred, target, scheduler, t).item() == pytest.approx(4 / 32)
+    # weighted mean: 4 channels x 5 at the object over 4 x (5 + 1 + 1 + 2 + 4 x 1) in all
+    assert diffusion_loss(pred, target, scheduler, t, weight=weight).item() == pytest.approx(20 / 52)
+    ones = torch.ones(1, 1, 2, 2, 2)
+    assert diffusion_loss(pred, target, scheduler, t, weight=ones).item() == pytest.approx(4 / 32)
+
+
+def test_object_weight_reaches_the_loss_with_the_batch_alphas(tmp_path, toy_root, monkeypatch):
+    import videomv.train.mv as mv_module
+
+    seen = []
+    real = mv_module.diffusion_loss
+
+    def spy(pred, target, scheduler, timesteps, gamma=None, weight=None):
+        seen.append((pred.shape, weight))
+        return real(pred, target, scheduler, timesteps, gamma, weight)
+
+    monkeypatch.setattr(mv_module, "diffusion_loss", spy)
+    with pytest.raises(ValueError, match="cache_latents"):
+        run(tmp_path / "cached", toy_root, "max_steps=1", "object_weight=4", "data.cache_latents=true")
+    run(tmp_path, toy_root, "max_steps=1", "object_weight=4", "data.cache_latents=false")
+    shape, weight = seen[0]
+    assert weight.shape == (shape[0], 1, *shape[2:])
+    assert weight.min().item() == pytest.approx(1.0)  # background
+    assert 1.0 < weight.max().item() <= 5.0  # the object's positions
+    with pytest.raises(ValueError, match="object_weight"):
+        tiny_config("object_weight=-1")
+
+
 def test_input_perturbation_adds_independent_noise_of_scale_gamma():
     from videomv.train.diffusion import perturbed_noise
 

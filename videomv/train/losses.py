@@ -17,22 +17,41 @@ from .diffusion import snr
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, timesteps: torch.Tensor,
-                   min_snr_gamma: float | None = None) -> torch.Tensor:
+                   min_snr_gamma: float | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean-squared error, optionally weighted per sample with min-SNR-γ (Hang et al. 2023).
 
     Weight for eps-prediction: min(SNR, γ)/SNR; for v-prediction: min(SNR, γ)/(SNR + 1).
     With a zero-terminal-SNR schedule SNR(T)=0; weights there use the v form, which stays finite.
+    `weight`, broadcastable to `pred` (e.g. (B, 1, F, h, w)), makes each sample's error the weighted
+    mean over its elements (see `object_weights`).
     """
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    err = (pred.float() - target.float()).pow(2)
+    if weight is None:
+        per_sample = err.flatten(1).mean(dim=1)
+    else:
+        weight = weight.float().expand_as(err)
+        per_sample = (weight * err).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp_min(1e-12)
     if not min_snr_gamma:
         return per_sample.mean()
     s = snr(scheduler, timesteps)
     clipped = torch.minimum(s, torch.full_like(s, float(min_snr_gamma)))
     if scheduler.config.prediction_type == "v_prediction":
-        weight = clipped / (s + 1.0)
+        snr_weight = clipped / (s + 1.0)
     else:
-        weight = clipped / s.clamp_min(1e-8)
-    return (weight * per_sample).mean()
+        snr_weight = clipped / s.clamp_min(1e-8)
+    return (snr_weight * per_sample).mean()
+
+
+def object_weights(alphas: torch.Tensor, latent_size: tuple[int, int], object_weight: float) -> torch.Tensor:
+    """Per-latent weights 1 + object_weight x coverage for views with alphas (B, F, 1, H, W): the
+    coverage is the alpha averaged over the pixels each latent position encodes. Returns
+    (B, 1, F, h, w), the latents' layout, so the object's positions count more than the background's
+    (small parts take few latent positions)."""
+    if alphas.ndim != 5 or alphas.shape[2] != 1:
+        raise ValueError(f"alphas: expected (B, F, 1, H, W), got {tuple(alphas.shape)}")
+    b, f = alphas.shape[:2]
+    coverage = F.adaptive_avg_pool2d(alphas.flatten(0, 1).float(), latent_size)
+    return (1 + object_weight * coverage).view(b, f, 1, *latent_size).permute(0, 2, 1, 3, 4)
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l1",

@@ -24,7 +24,7 @@ from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cac
 from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as,
                         warn_min_snr_high_noise)
 from .engine import Task
-from .losses import diffusion_loss
+from .losses import diffusion_loss, object_weights
 from .schema import MultiViewConfig
 
 
@@ -148,6 +148,9 @@ class MultiViewTask(Task):
             if cfg.data.get("cache_latents"):
                 if self.kind == "i2mv":
                     raise ValueError("data.cache_latents is for text -> MV only (I2MV needs the input image)")
+                if cfg.get("object_weight"):
+                    raise ValueError("object_weight needs each view's alpha, which data.cache_latents does not keep; "
+                                     "set data.cache_latents=false")
                 key = latent_cache_key(self.vae, cfg.data, self.train_dataset)
                 path = resolve_path(cfg.output_dir) / "latent_cache.safetensors"
                 self.latents = LatentCache(self.train_dataset, self.vae, path, key, device,
@@ -232,7 +235,13 @@ class MultiViewTask(Task):
                 image=ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float()),
             )
         pred = denoise(models["unet"], noisy, timesteps, condition)
-        loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"))
+        weight = None
+        object_weight = float(self.cfg.get("object_weight") or 0.0)
+        if object_weight:
+            if "alphas" not in batch:
+                raise ValueError("object_weight: this batch carries no alphas (its data has no object masks)")
+            weight = object_weights(batch["alphas"].to(device), tuple(latents.shape[-2:]), object_weight)
+        loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"), weight)
         return loss, {"frames": float(latents.shape[2])}
 
     # -- validation: sample a few prompts (text) or validation objects (image), save a grid

@@ -202,6 +202,7 @@ class MultiViewConfig(EngineConfig):
     validation: MultiViewValidationConfig = field(default_factory=MultiViewValidationConfig)
     min_snr_gamma: Optional[float] = None
     input_perturbation: float = 0.0  # DDPM-IP gamma: the UNet's input noise is eps + gamma * xi, the target eps
+    object_weight: float = 0.0  # loss weight 1 + object_weight x alpha coverage per latent position
 
 
 # ----------------------------------------------------------------------------- stage 2
