@@ -12,9 +12,9 @@
 #   here: mkdir -p runs/device_export && cat <files_at>/t2mv.tar.* | tar -x -C runs/device_export
 #
 # .whl holds what the device image lacks (docs/training.md lists the download). The continued
-# models start from $RUNS/t2mv_phase7 and $RUNS/i2mv_phase5 (tools/rebuild_embedded.sh makes them);
-# where they are absent, as on a fresh device machine, they are copied from data/embedded, which
-# holds exactly those exports. Arguments are overrides for every run (the CPU dry run in
+# models start from $RUNS/embedded/t2mv and $RUNS/embedded/i2mv (what tools/rebuild_embedded.sh
+# writes); where they are absent, as on a fresh device machine, they are copied from data/embedded,
+# which holds exactly those folders. Arguments are overrides for every run (the CPU dry run in
 # tests/tools/test_train_on_device.py shrinks the world and the models' steps with them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,16 +28,17 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 mkdir -p "$OUT" "$RUNS" "$RUNS/device_logs"
-[ -d "$RUNS/t2mv_phase7" ] || cp -rL data/embedded/t2mv "$RUNS/t2mv_phase7"
-[ -d "$RUNS/i2mv_phase5" ] || cp -rL data/embedded/i2mv "$RUNS/i2mv_phase5"
+declare -A BASE=([t2mv]="$RUNS/embedded/t2mv" [t2mv_wide]="$RUNS/embedded/t2mv" [i2mv]="$RUNS/embedded/i2mv")
+for task in t2mv i2mv; do
+    [ -d "${BASE[$task]}" ] || { mkdir -p "$RUNS/embedded"; cp -rL "data/embedded/$task" "${BASE[$task]}"; }
+done
 SUMMARY="$OUT/summary.txt"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; } > "$SUMMARY"
 
 declare -A CONFIG=([t2mv]=configs/toy_t2mv_device.yaml [t2mv_wide]=configs/toy_t2mv_device_wide.yaml
                    [i2mv]=configs/toy_i2mv_device.yaml)
 NAMES=(t2mv t2mv_wide i2mv)
-overrides() { echo "base=$RUNS/$([ "$1" = i2mv ] && echo i2mv_phase5 || echo t2mv_phase7)" \
-                   "output_dir=$RUNS/device_$1" "time_limit_s=$LIMIT_S"; }
+overrides() { echo "base=${BASE[$1]}" "output_dir=$RUNS/device_$1" "time_limit_s=$LIMIT_S"; }
 
 # the toy world and its extra training objects, once, before the runs start side by side
 start=$SECONDS
@@ -64,11 +65,11 @@ for name in "${NAMES[@]}"; do
     echo "$name: exit $status after $((SECONDS - start)) s, ${steps:-0} steps" >> "$SUMMARY"
     [ "$status" = 0 ] || continue
     case $name in
-        i2mv) export_args=(--task image --timestep-spacing trailing --vae "$RUNS/i2mv_phase5/vae"
-                           --reconstructor "$RUNS/i2mv_phase5/reconstructor") ;;
-        *) export_args=(--task text --guidance 4 --vae "$RUNS/t2mv_phase7/vae"
-                        --reconstructor "$RUNS/t2mv_phase7/reconstructor") ;;
+        i2mv) export_args=(--task image --timestep-spacing trailing) ;;
+        *) export_args=(--task text --guidance 4) ;;
     esac
+    export_args+=(--vae "${BASE[$name]}/vae" --reconstructor "${BASE[$name]}/reconstructor"
+                  --sampler dpmsolver++ --steps 20)
     rm -rf "$RUNS/device_export/$name"
     if "$PY" tools/export_embedded.py "${export_args[@]}" --pipeline "$RUNS/device_$name/final" \
             --out "$RUNS/device_export/$name" --resolution 64 >> "$RUNS/device_logs/$name.log" 2>&1; then
