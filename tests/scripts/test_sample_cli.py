@@ -390,7 +390,9 @@ def test_ctrl_c_while_sampling_says_one_line_and_writes_nothing(model_dir, tmp_p
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "sample.py"), "--model", str(model_dir),
                              "--prompt", "a cube", "--steps", "999", "--no-3d-aware", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test run started in the background inherits SIGINT ignored; Ctrl-C is what is tested
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "denoising" not in seen:  # the progress bar: sampling has started
         chunk = proc.stderr.read(1)
