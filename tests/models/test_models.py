@@ -318,6 +318,30 @@ def test_guidance_pair_stacks_unconditional_then_conditional():
     assert mixed.fps.tolist() == [8, 8, 16, 24] and mixed.cameras is None
 
 
+def test_dropped_image_condition_zeroes_what_it_names_for_the_flagged_samples_only():
+    x = _inputs(seed=7)
+    image = ImageConditioning(x["image_embeddings"], x["image_latents"])
+    drop = torch.tensor([True, False])
+    embedding = image.dropped(drop)  # the release's unconditional branch: the CLIP embedding only
+    assert torch.equal(embedding.image_embeddings[0], torch.zeros_like(x["image_embeddings"][0]))
+    assert torch.equal(embedding.image_embeddings[1], x["image_embeddings"][1])
+    assert torch.equal(embedding.image_latents, x["image_latents"])
+    whole = image.dropped(drop, "image")  # also the image latent; the position-mask frames stay
+    assert torch.equal(whole.image_embeddings, embedding.image_embeddings)
+    assert torch.equal(whole.image_latents[0, :, 0], torch.zeros_like(x["image_latents"][0, :, 0]))
+    assert torch.equal(whole.image_latents[0, :, 1:], x["image_latents"][0, :, 1:])
+    assert torch.equal(whole.image_latents[1], x["image_latents"][1])
+    assert x["image_latents"][0, :, 0].abs().sum() > 0  # the check can fail
+    negative = torch.randn_like(x["text"])
+    pair = MultiViewCondition(x["text"], x["cameras"], image=image, fps=16).with_unconditional(negative, "image")
+    assert torch.equal(pair.image.image_latents[:2, :, 0], torch.zeros_like(x["image_latents"][:, :, 0]))
+    assert torch.equal(pair.image.image_latents[2:], x["image_latents"])
+    with pytest.raises(ValueError, match="unconditional image: expected one of"):
+        image.dropped(drop, "latents")
+    with pytest.raises(ValueError, match=r"drop: expected \(2,\) flags"):
+        image.dropped(torch.tensor([True]))
+
+
 def test_conditioning_layer_rejects_mismatched_inputs(t2mv, i2mv):
     x = _inputs()
     image = ImageConditioning(x["image_embeddings"], x["image_latents"])

@@ -234,3 +234,35 @@ def test_settings_clip_skip_reaches_the_pipeline_and_older_folders_get_the_task_
     assert settings.pop("clip_skip") == 1
     (saved / "videomv.json").write_text(json.dumps(settings))  # a folder written before settings had clip_skip
     assert VideoMV.from_pretrained(saved).settings.clip_skip == TEXT.clip_skip
+
+
+def test_settings_unconditional_image_reaches_the_image_pipeline_and_is_refused_where_it_cannot_apply(tmp_path):
+    import json
+
+    import pytest
+
+    from tiny_videomv import tiny_image_videomv
+
+    model = tiny_image_videomv(seed=0)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cameras = orbit_cameras(4, 5.0, 1.7)
+    kwargs = dict(cameras=cameras, num_inference_steps=2, guidance_scale=3.0, seed=0, three_d_aware=False,
+                  progress=False)
+    whole = VideoMV.from_parts(pipeline=model.pipeline, settings={"resolution": 32, "unconditional_image": "image"})
+    direct = model.pipeline(image, cameras=cameras[None], num_inference_steps=2, guidance_scale=3.0, height=32,
+                            width=32, seed=0, unconditional_image="image", progress=False).images[0]
+    assert torch.equal(whole(image=image, **kwargs).images, direct)
+    embedding = VideoMV.from_parts(pipeline=model.pipeline, settings={"resolution": 32})
+    assert embedding.settings.unconditional_image == "embedding"  # the release's unconditional branch
+    assert not torch.equal(embedding(image=image, **kwargs).images, direct)  # the check can fail
+
+    saved = whole.save_pretrained(tmp_path / "model")
+    assert json.loads((saved / "videomv.json").read_text())["unconditional_image"] == "image"
+    assert VideoMV.from_pretrained(saved).settings.unconditional_image == "image"
+    with pytest.raises(ValueError, match="unconditional_image must be one of"):
+        VideoMV.from_parts(pipeline=model.pipeline, settings={"unconditional_image": "latents"})
+    with pytest.raises(ValueError, match="unconditional_image is for the image task"):
+        VideoMV.from_parts(pipeline=tiny_text_videomv(with_reconstructor=False).pipeline,
+                           settings={"unconditional_image": "image"})
+    with pytest.raises(ValueError, match="unconditional_image: expected one of"):
+        model.pipeline(image, cameras=cameras[None], num_inference_steps=1, unconditional_image="none")

@@ -597,6 +597,42 @@ def test_image_model_trains_on_the_text_context_its_pipeline_samples_with(tmp_pa
     assert (last_layer - sample_context).abs().max() > 1e-2  # the two layers differ: the check can fail
 
 
+def test_image_dropout_trains_the_unconditional_image_condition(tmp_path, toy_root, monkeypatch):
+    import videomv.train.mv as mv_module
+
+    seen = []
+    real = mv_module.denoise
+
+    def spy(unet, latents, t, condition, *args, **kwargs):
+        seen.append(condition.image)
+        return real(unet, latents, t, condition, *args, **kwargs)
+
+    monkeypatch.setattr(mv_module, "denoise", spy)
+    image_model = [f"data.root={toy_root}", "max_steps=1", "image_encoder.init.hidden_size=16",
+                   "image_encoder.init.projection_dim=16", "text_encoder.init.num_layers=2"]
+    for name, dropout in (("kept", 0.0), ("dropped", 1.0)):
+        AcceleratorState._reset_state(True)
+        cfg = load_config(REPO / "configs" / "toy_i2mv.yaml",
+                          TINY + image_model + [f"output_dir={tmp_path / name}", f"data.image_dropout={dropout}",
+                                                "data.unconditional_image=image"], MultiViewConfig)
+        try:
+            train(cfg, MultiViewTask, prepare=build_configured_world)
+        finally:
+            AcceleratorState._reset_state(True)
+    kept, dropped = seen
+    assert kept.image_embeddings.abs().amin(dim=-1).gt(0).all()  # every sample keeps its image
+    assert kept.image_latents[:, :, 0].abs().sum() > 0
+    assert torch.equal(dropped.image_embeddings, torch.zeros_like(dropped.image_embeddings))
+    assert torch.equal(dropped.image_latents[:, :, 0], torch.zeros_like(dropped.image_latents[:, :, 0]))
+    torch.testing.assert_close(dropped.image_latents[:, :, 1:], kept.image_latents[:, :, 1:])  # positions stay
+    with pytest.raises(ValueError, match="image_dropout is for image"):
+        run(tmp_path / "text", toy_root, "max_steps=1", "data.image_dropout=0.1")
+    with pytest.raises(ValueError, match="unconditional_image"):
+        tiny_config("data.unconditional_image=latents")
+    with pytest.raises(ValueError, match="image_dropout"):
+        tiny_config("data.image_dropout=1.5")
+
+
 def test_object_weights_and_the_weighted_diffusion_loss_by_hand():
     from videomv.train.losses import object_weights
 

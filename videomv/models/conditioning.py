@@ -143,12 +143,37 @@ class TextConditioner(nn.Module):
         return text_model.final_layer_norm(hidden)
 
 
+UNCONDITIONAL_IMAGE = ("embedding", "image")
+
+
 @dataclass
 class ImageConditioning:
     """What the I2MV UNet needs from the input image."""
 
     image_embeddings: torch.Tensor  # (B, 1, D) CLIP image embeddings
     image_latents: torch.Tensor  # (B, C, F, h, w): VAE latent of the image, then F-1 position-mask frames
+
+    def dropped(self, drop: torch.Tensor, what: str = "embedding") -> "ImageConditioning":
+        """This condition with the samples where `drop` (B,) is true made unconditional: a zero CLIP
+        embedding (what="embedding", as `I2VGenXLPipeline`'s unconditional branch), and with
+        what="image" a zero image latent as well (the position-mask frames stay), so that guidance
+        also works against the image itself."""
+        if what not in UNCONDITIONAL_IMAGE:
+            raise ValueError(f"unconditional image: expected one of {list(UNCONDITIONAL_IMAGE)}, got {what!r}")
+        drop = drop.to(device=self.image_embeddings.device, dtype=torch.bool)
+        if drop.shape != (self.image_embeddings.shape[0],):
+            raise ValueError(f"drop: expected ({self.image_embeddings.shape[0]},) flags, got {tuple(drop.shape)}")
+        keep = (~drop).to(self.image_embeddings.dtype)
+        embeddings = self.image_embeddings * keep.view(-1, 1, 1)
+        latents = self.image_latents
+        if what == "image":
+            first = latents[:, :, :1] * keep.to(latents.dtype).view(-1, 1, 1, 1, 1)
+            latents = torch.cat([first, latents[:, :, 1:]], dim=2)
+        return ImageConditioning(embeddings, latents)
+
+    def unconditional(self, what: str = "embedding") -> "ImageConditioning":
+        """The classifier-free-guidance partner of this condition (see `dropped`)."""
+        return self.dropped(torch.ones(self.image_embeddings.shape[0], dtype=torch.bool), what)
 
 
 def center_crop_resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -43,19 +43,16 @@ class MultiViewCondition:
     def batch_size(self) -> int:
         return self.text.shape[0]
 
-    def unconditional(self, text: torch.Tensor) -> "MultiViewCondition":
+    def unconditional(self, text: torch.Tensor, image: str = "embedding") -> "MultiViewCondition":
         """The classifier-free-guidance partner of this condition: `text` (the negative prompt's
         embeddings), a zero CLIP image embedding, and the same image latents, fps and cameras (as
-        `I2VGenXLPipeline`)."""
-        image = None
-        if self.image is not None:
-            image = ImageConditioning(torch.zeros_like(self.image.image_embeddings), self.image.image_latents)
-        return replace(self, text=text, image=image)
+        `I2VGenXLPipeline`); image="image" zeroes the image latent too (`ImageConditioning.dropped`)."""
+        return replace(self, text=text, image=None if self.image is None else self.image.unconditional(image))
 
-    def with_unconditional(self, text: torch.Tensor) -> "MultiViewCondition":
+    def with_unconditional(self, text: torch.Tensor, image: str = "embedding") -> "MultiViewCondition":
         """[unconditional; this] stacked along the batch, the layout `ddim_sample` expects when
         guidance is on."""
-        return MultiViewCondition.cat([self.unconditional(text), self])
+        return MultiViewCondition.cat([self.unconditional(text, image), self])
 
     @staticmethod
     def cat(conditions: Sequence["MultiViewCondition"]) -> "MultiViewCondition":

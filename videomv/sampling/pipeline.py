@@ -19,8 +19,8 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from ..defaults import IMAGE, TEXT
 from ..geometry import camera_vector, orbit_cameras
-from ..models.conditioning import (ImageConditioner, ImageConditioning, TextConditioner, bundled_clip_tokenizer,
-                                   uses_bundled_tokenizer)
+from ..models.conditioning import (UNCONDITIONAL_IMAGE, ImageConditioner, ImageConditioning, TextConditioner,
+                                   bundled_clip_tokenizer, uses_bundled_tokenizer)
 from ..models.denoise import MultiViewCondition, denoise
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
@@ -102,11 +102,13 @@ class _MultiViewPipeline(DiffusionPipeline):
         return cond if uncond is None else torch.cat([uncond, cond])
 
     def sample(self, latents, condition: MultiViewCondition, negative_text, num_inference_steps, guidance_scale,
-               eta, generator, z0_hook, progress, cross_attention_kwargs, sampler="ddim") -> torch.Tensor:
-        """The denoising loop under `condition`, with guidance against `negative_text` when it is given;
-        `sampler` "ddim" (the folder's scheduler) or "dpmsolver++" (on the same noise schedule)."""
+               eta, generator, z0_hook, progress, cross_attention_kwargs, sampler="ddim",
+               unconditional_image="embedding") -> torch.Tensor:
+        """The denoising loop under `condition`, with guidance against `negative_text` (and the image
+        condition made unconditional as `unconditional_image` says) when it is given; `sampler` "ddim"
+        (the folder's scheduler) or "dpmsolver++" (on the same noise schedule)."""
         if negative_text is not None:
-            condition = condition.with_unconditional(negative_text)
+            condition = condition.with_unconditional(negative_text, unconditional_image)
 
         def denoiser(model_input, t):
             return denoise(self.unet, model_input, t, condition, cross_attention_kwargs)
@@ -214,7 +216,8 @@ class I2MVPipeline(_MultiViewPipeline):
     """Image -> views (by default the release's image orbit, `videomv.defaults.IMAGE`), empty prompt.
 
     Conditioning as `I2VGenXLPipeline`: the unconditional branch has the negative prompt, a zero
-    CLIP image embedding, and the same image latents and fps.
+    CLIP image embedding, and the same image latents and fps; `unconditional_image="image"` zeroes
+    the image latent there too, for models trained with that dropout (`data.image_dropout`).
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -241,6 +244,7 @@ class I2MVPipeline(_MultiViewPipeline):
         negative_prompt: str | list[str] | None = None,
         target_fps: int = IMAGE.fps,
         clip_skip: int | None = IMAGE.clip_skip,
+        unconditional_image: str = "embedding",
         eta: float = 0.0,
         sampler: str = "ddim",
         generator: torch.Generator | None = None,
@@ -256,10 +260,15 @@ class I2MVPipeline(_MultiViewPipeline):
     ) -> MultiViewPipelineOutput:
         """Generate views of the object in `image` ((3, H, W) or (B, 3, H, W) in [0, 1]);
         `cameras` default to the `IMAGE` orbit (24 views at 5 deg, radius 1.7); `clip_skip` = 1 takes the text encoder's
-        penultimate layer, as `I2VGenXLPipeline`. `sampler`: "ddim" or "dpmsolver++" (20-25 steps).
+        penultimate layer, as `I2VGenXLPipeline`. `unconditional_image`: what guidance drops of the
+        image, "embedding" (the CLIP embedding) or "image" (also the image latent). `sampler`: "ddim"
+        or "dpmsolver++" (20-25 steps).
         `z0_hook`: see `videomv.sampling.ddim`."""
         if not torch.is_tensor(image) or image.ndim not in (3, 4):
             raise ValueError("image: expected a (3, H, W) or (B, 3, H, W) tensor with values in [0, 1]")
+        if unconditional_image not in UNCONDITIONAL_IMAGE:
+            raise ValueError(f"unconditional_image: expected one of {list(UNCONDITIONAL_IMAGE)}, "
+                             f"got {unconditional_image!r}")
         image = image.unsqueeze(0) if image.ndim == 3 else image
         batch_size = image.shape[0]
         prompt = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
@@ -281,5 +290,5 @@ class I2MVPipeline(_MultiViewPipeline):
         )
         latents = self.prepare_latents(batch_size, num_frames, height, width, text.dtype, generator, latents)
         latents = self.sample(latents, condition, negative_text, num_inference_steps, guidance_scale, eta, generator,
-                              z0_hook, progress, cross_attention_kwargs, sampler)
+                              z0_hook, progress, cross_attention_kwargs, sampler, unconditional_image)
         return self.format_output(latents, output_type, decode_chunk_size)

@@ -21,7 +21,7 @@ import torch
 from ..defaults import TEXT, release_defaults
 from ..gaussians import GaussianSet
 from ..io import atomic_directory
-from ..models.conditioning import is_bundled_clip_tokenizer
+from ..models.conditioning import UNCONDITIONAL_IMAGE, is_bundled_clip_tokenizer
 from ..models.latents import vae_encode
 from ..geometry import check_c2w, orbit_cameras
 from ..recon import Reconstructor
@@ -51,6 +51,7 @@ class VideoMVSettings:
     resolution: int = TEXT.resolution
     fps: int = TEXT.fps  # image model: the fps condition it was trained with
     clip_skip: int | None = TEXT.clip_skip  # text context: the encoder's last layer (None) or layer k before it
+    unconditional_image: str = "embedding"  # image model: what guidance drops, the CLIP embedding or the "image"
     # Where the official release's sampling differs from the paper's (see `videomv.sampling.parity`,
     # whose `release` preset sets these); the defaults are this project's behaviour.
     negative_prompt: str = ""  # text of the unconditional branch
@@ -65,6 +66,11 @@ class VideoMVSettings:
         self.background = tuple(float(b) for b in self.background)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.unconditional_image not in UNCONDITIONAL_IMAGE:
+            raise ValueError(f"unconditional_image must be one of {list(UNCONDITIONAL_IMAGE)}, "
+                             f"got {self.unconditional_image!r}")
+        if self.task == "text" and self.unconditional_image != "embedding":
+            raise ValueError("unconditional_image is for the image task; a text model has no image condition")
         if self.aware_latents not in ("mode", "sample"):
             raise ValueError(f"aware_latents must be 'mode' or 'sample', got {self.aware_latents!r}")
         if self.aware_render_size is not None and self.aware_render_size < 1:
@@ -322,7 +328,8 @@ class VideoMV:
         if s.task == "text":
             out = self.pipeline(prompt, **common)
         else:
-            out = self.pipeline(image.float().clamp(0, 1), target_fps=s.fps, **common)
+            out = self.pipeline(image.float().clamp(0, 1), target_fps=s.fps, unconditional_image=s.unconditional_image,
+                                **common)
         images = out.images[0].float()
 
         gaussians = None

@@ -2,7 +2,8 @@
 
 Per step: views (B, F, 3, H, W) → frozen VAE latents (B, C, F, h, w) → noised at a random
 timestep → the UNet predicts eps or v given the prompt embedding (dropped to "" with
-``data.text_dropout``) and the per-view cameras → MSE (optionally min-SNR-γ weighted).
+``data.text_dropout``; the image model's image condition made unconditional with ``data.image_dropout``)
+and the per-view cameras → MSE (optionally min-SNR-γ weighted).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class MultiViewTask(Task):
         self.kind = cfg.model.kind
         if self.kind not in ("t2mv", "i2mv"):
             raise ValueError(f"model.kind must be t2mv or i2mv, got {self.kind!r}")
+        if self.kind == "t2mv" and cfg.data.get("image_dropout"):
+            raise ValueError("data.image_dropout is for image -> MV (i2mv); the text model has no image condition")
         device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
 
@@ -230,10 +233,13 @@ class MultiViewTask(Task):
                 # The condition is the first view of the orbit, given in [0, 1].
                 first = ((images[:, 0].float() + 1) / 2).clamp(0, 1).to(device)
                 cond = self.image_conditioner.encode(first, num_frames=latents.shape[2])
+            image = ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float())
+            image_dropout = float(self.cfg.data.get("image_dropout", 0.0))
+            if image_dropout > 0:
+                drop = torch.rand(bsz, device=device) < image_dropout
+                image = image.dropped(drop, self.cfg.data.get("unconditional_image", "embedding"))
             condition = MultiViewCondition(
-                context, cameras, camera_mask, fps=int(self.cfg.model.get("fps", IMAGE.fps)),
-                image=ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float()),
-            )
+                context, cameras, camera_mask, fps=int(self.cfg.model.get("fps", IMAGE.fps)), image=image)
         pred = denoise(models["unet"], noisy, timesteps, condition)
         weight = None
         object_weight = float(self.cfg.get("object_weight") or 0.0)

@@ -130,6 +130,8 @@ class MultiViewDataConfig:
     background: Any = "grey"  # name or (r, g, b) in [0, 1]
     random_elevation_subset: bool = False
     text_dropout: float = 0.0
+    image_dropout: float = 0.0  # image model: share of samples trained with the unconditional image condition
+    unconditional_image: str = "embedding"  # what image_dropout drops: the CLIP "embedding", or the "image" too
     cache_latents: bool = False
     prompt: str = ""  # image -> MV: the fixed prompt
     image_data: Optional[ImageDataConfig] = None
@@ -303,6 +305,8 @@ RANGES = [
     ("data.num_views", lambda v: v >= 1, "an integer >= 1"),
     ("data.window", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("data.text_dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("data.image_dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("data.unconditional_image", lambda v: v in ("embedding", "image"), "embedding or image"),
     ("data.image_data.probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("min_snr_gamma", lambda v: v is None or v > 0, "null or a number > 0"),
     ("input_perturbation", lambda v: v >= 0, "a number >= 0 (0: off)"),
