@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from videomv import VideoMV
+from videomv.models.conditioning import UNCONDITIONAL_IMAGE
 from videomv.sampling.ddim import ddim_with
 from videomv.sampling.model_folder import compatible_vae, require_empty_destination
 from videomv.sampling.system import load_pipeline, task_of
@@ -45,7 +46,7 @@ def main(argv=None) -> None:
                                             "and scaling (e.g. from a decoder-only run)")
     p.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"),
                    help="DDIM timestep spacing of the exported model (default: the pipeline's)")
-    p.add_argument("--unconditional-image", choices=("embedding", "image"),
+    p.add_argument("--unconditional-image", choices=UNCONDITIONAL_IMAGE,
                    help="image model: what guidance drops of the image (default: the CLIP embedding; 'image' for "
                         "models trained with data.unconditional_image=image)")
     p.add_argument("--share-with", type=Path, help="model folder whose identical components are linked, not copied")
