@@ -243,6 +243,33 @@ def test_text_conditioner_tiny_and_from_pretrained(tmp_path):
                        conditioner.tokenize(["a chair"]))
 
 
+def test_identity_layers_keep_the_output_then_train(tmp_path):
+    conditioner = TextConditioner.tiny(hidden_size=32)
+    prompts = ["a red cube on top of a blue cylinder", "a green torus"]
+    before = conditioner.encode(prompts)
+    conditioner.add_identity_layers(2)
+    assert conditioner.text_encoder.config.num_hidden_layers == 4
+    assert torch.equal(conditioner.encode(prompts), before)  # zero residual branches: bit for bit
+    # the new layers get gradients and, after one step, change the output
+    text_model = getattr(conditioner.text_encoder, "text_model", conditioner.text_encoder)  # transformers < 5 nests it
+    new = list(text_model.encoder.layers[2:].parameters())
+    conditioner.encode(prompts).square().sum().backward()
+    assert all(p.grad is not None for p in new) and any(p.grad.abs().sum() > 0 for p in new)
+    with torch.no_grad():
+        for p in new:
+            p -= 0.1 * p.grad
+    after = conditioner.encode(prompts)
+    assert not torch.allclose(after, before)
+    # the grown encoder saves and loads with its four layers
+    conditioner.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    loaded = TextConditioner.from_pretrained(str(tmp_path))
+    assert loaded.text_encoder.config.num_hidden_layers == 4
+    assert torch.equal(loaded.encode(prompts), after)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="extra layers"):
+            conditioner.add_identity_layers(bad)
+
+
 def _tiny_vae():
     torch.manual_seed(0)
     return AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,

@@ -633,6 +633,25 @@ def test_image_dropout_trains_the_unconditional_image_condition(tmp_path, toy_ro
         tiny_config("data.image_dropout=1.5")
 
 
+def test_extra_text_layers_are_trained_and_exported(tmp_path, toy_root):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "deeper"
+    run(out, toy_root, "max_steps=2", "ema.enabled=false", "text_encoder.extra_layers=1")
+    exported = load_file(out / "final" / "text_encoder" / "model.safetensors")
+    config = json.loads((out / "final" / "text_encoder" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2  # TINY's one layer + one appended
+    new_layer = [k for k in exported if ".layers.1." in k]
+    assert new_layer, sorted(exported)
+    # the appended layer started with zero output projections; two steps moved them
+    out_proj = next(k for k in new_layer if k.endswith("self_attn.out_proj.weight"))
+    assert exported[out_proj].abs().sum() > 0
+    with pytest.raises(ValueError, match="extra_layers=1 needs text_encoder.train=true"):
+        run(tmp_path / "frozen", toy_root, "max_steps=1", "text_encoder.extra_layers=1", "text_encoder.train=false")
+    with pytest.raises(ValueError, match="extra_layers"):
+        tiny_config("text_encoder.extra_layers=-1")
+
+
 def test_object_weights_and_the_weighted_diffusion_loss_by_hand():
     from videomv.train.losses import object_weights
 

@@ -117,6 +117,25 @@ class TextConditioner(nn.Module):
             text_encoder = CLIPTextModel(config).eval()
         return cls(bundled_clip_tokenizer(), text_encoder)
 
+    def add_identity_layers(self, count: int) -> None:
+        """Append `count` transformer layers that start as the identity: their attention and MLP
+        output projections are zero, so each residual branch adds nothing. A trained encoder grows
+        deeper without its output changing; the new layers then learn from where it stands."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"extra layers: expected an integer >= 0, got {count!r}")
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers < 5 nests it
+        config = self.text_encoder.config
+        reference = next(self.text_encoder.parameters())
+        for _ in range(count):
+            layer = CLIPEncoderLayer(config).to(device=reference.device, dtype=reference.dtype)
+            for projection in (layer.self_attn.out_proj, layer.mlp.fc2):
+                nn.init.zeros_(projection.weight)
+                nn.init.zeros_(projection.bias)
+            text_model.encoder.layers.append(layer)
+        config.num_hidden_layers = len(text_model.encoder.layers)
+
     @property
     def device(self) -> torch.device:
         return self.text_encoder.device

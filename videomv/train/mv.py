@@ -80,11 +80,18 @@ def build_text_conditioner(text_cfg: DictConfig):
     from videomv.models.conditioning import TextConditioner
 
     if text_cfg.get("base"):
-        return TextConditioner.from_pretrained(local_or_hub(text_cfg.base, "text_encoder", "text_encoder.base"),
-                                               **_plain(text_cfg.get("kwargs")))
-    if text_cfg.get("init"):
-        return TextConditioner.tiny(**OmegaConf.to_container(text_cfg.init, resolve=True))
-    raise ValueError("config needs text_encoder.base (CLIP text model folder/hub id) or text_encoder.init")
+        conditioner = TextConditioner.from_pretrained(local_or_hub(text_cfg.base, "text_encoder", "text_encoder.base"),
+                                                      **_plain(text_cfg.get("kwargs")))
+    elif text_cfg.get("init"):
+        conditioner = TextConditioner.tiny(**OmegaConf.to_container(text_cfg.init, resolve=True))
+    else:
+        raise ValueError("config needs text_encoder.base (CLIP text model folder/hub id) or text_encoder.init")
+    extra = text_cfg.get("extra_layers") or 0
+    if extra and not text_cfg.get("train", False):
+        raise ValueError(f"text_encoder.extra_layers={extra} needs text_encoder.train=true: "
+                         "layers that start as the identity only matter once they are trained")
+    conditioner.add_identity_layers(extra)
+    return conditioner
 
 
 def build_image_conditioner(image_cfg: DictConfig, vae: AutoencoderKL):

@@ -172,6 +172,7 @@ class TextEncoderConfig:
     base: Optional[str] = None
     train: bool = False
     kwargs: Optional[Dict[str, Any]] = None
+    extra_layers: int = 0  # layers appended to the loaded encoder, starting as the identity
 
 
 @dataclass
@@ -301,6 +302,7 @@ RANGES = [
     ("dataloader.num_workers", lambda v: v >= 0, "an integer >= 0"),
     ("distributed.timeout_s", _positive, "a number of seconds > 0"),
     ("model.kind", lambda v: v in ("t2mv", "i2mv"), "t2mv or i2mv"),
+    ("text_encoder.extra_layers", lambda v: v >= 0, "an integer >= 0"),
     ("data.resolution", lambda v: v >= 1, "an integer >= 1"),
     ("data.num_views", lambda v: v >= 1, "an integer >= 1"),
     ("data.window", lambda v: v is None or v >= 1, "null or an integer >= 1"),
