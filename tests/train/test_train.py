@@ -633,6 +633,32 @@ def test_image_dropout_trains_the_unconditional_image_condition(tmp_path, toy_ro
         tiny_config("data.image_dropout=1.5")
 
 
+def test_image_validation_grid_guides_against_what_training_dropped(tmp_path, toy_root, monkeypatch):
+    from videomv.sampling import I2MVPipeline
+
+    calls = []
+    real = I2MVPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("unconditional_image"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(I2MVPipeline, "__call__", spy)
+    AcceleratorState._reset_state(True)
+    out = tmp_path / "image"
+    cfg = load_config(REPO / "configs" / "toy_i2mv.yaml",
+                      TINY + [f"data.root={toy_root}", f"output_dir={out}", "max_steps=1", "validation.every=1",
+                              "validation.steps=2", "validation.num_views=2", "validation.num_objects=1",
+                              "image_encoder.init.hidden_size=16", "image_encoder.init.projection_dim=16",
+                              "data.image_dropout=0.1", "data.unconditional_image=image"], MultiViewConfig)
+    try:
+        train(cfg, MultiViewTask, prepare=build_configured_world)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert calls == ["image"]
+    assert (out / "samples" / "step_000001.png").is_file()
+
+
 def test_extra_text_layers_are_trained_and_exported(tmp_path, toy_root):
     from safetensors.torch import load_file
 

@@ -292,7 +292,8 @@ class MultiViewTask(Task):
         cams = orbit_cameras(num_views=views, elevation=float(val.get("elevation", release.elevation)),
                              radius=float(val.get("radius", release.radius)))
         common = dict(cameras=cams, num_inference_steps=int(val.get("steps", 20)),
-                      guidance_scale=float(val.get("guidance_scale", release.guidance_scale)),
+                      guidance_scale=float(release.guidance_scale if val.get("guidance_scale") is None
+                                           else val.guidance_scale),
                       seed=int(self.cfg.seed), progress=False)
         pipe = self.build_pipeline(models)
         rows = []
@@ -303,7 +304,8 @@ class MultiViewTask(Task):
             for i in range(min(int(val.get("num_objects", 2)), len(self.train_dataset))):
                 image = (self.train_dataset[i]["images"][0] + 1) / 2
                 out = pipe(image.to(self.accelerator.device), prompt=self.cfg.data.get("prompt", ""),
-                           target_fps=int(self.cfg.model.get("fps", IMAGE.fps)), **common)
+                           target_fps=int(self.cfg.model.get("fps", IMAGE.fps)),
+                           unconditional_image=self.cfg.data.get("unconditional_image", "embedding"), **common)
                 rows.append(torch.cat([image[None].cpu(), out.images[0].float().cpu()]))
         if rows:
             save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")
