@@ -75,10 +75,13 @@ def noun_states(conditioner, recipes: list[tuple], layer: str = "output", batch_
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int = len(COLOURS), weight_decay: float = 1e-3,
               steps: int = 200):
-    """A multinomial logistic regression on standardised features (L-BFGS); returns predict(x) -> labels."""
+    """A multinomial logistic regression on standardised features (L-BFGS, L2 penalty
+    `weight_decay`); returns predict(x) -> labels."""
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
     linear = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(linear.weight)  # a convex problem: starting from zero makes the fit reproducible
+    torch.nn.init.zeros_(linear.bias)
     optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
