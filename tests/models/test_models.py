@@ -251,8 +251,7 @@ def test_identity_layers_keep_the_output_then_train(tmp_path):
     assert conditioner.text_encoder.config.num_hidden_layers == 4
     assert torch.equal(conditioner.encode(prompts), before)  # zero residual branches: bit for bit
     # the new layers get gradients and, after one step, change the output
-    text_model = getattr(conditioner.text_encoder, "text_model", conditioner.text_encoder)  # transformers < 5 nests it
-    new = list(text_model.encoder.layers[2:].parameters())
+    new = list(conditioner.transformer.encoder.layers[2:].parameters())
     conditioner.encode(prompts).square().sum().backward()
     assert all(p.grad is not None for p in new) and any(p.grad.abs().sum() > 0 for p in new)
     with torch.no_grad():

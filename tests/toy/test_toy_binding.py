@@ -38,6 +38,10 @@ class LastColourEncoder(torch.nn.Module):
         torch.nn.init.normal_(self.table.weight, generator=torch.Generator().manual_seed(0))
         self.colour_ids = {tokenizer(c, add_special_tokens=False).input_ids[0] for c in world.PALETTE}
 
+    @property
+    def device(self):
+        return self.table.weight.device
+
     def forward(self, ids, output_hidden_states=False):
         own = self.table(ids)
         carried = torch.zeros_like(own)
@@ -61,8 +65,7 @@ def _recipes(count, seed):
 def test_probe_reads_colour_where_the_encoder_binds_it(tokenizer):
     recipes = _recipes(1500, seed=3)
     seen, unseen = recipes[:300], recipes[300:]
-    conditioner = SimpleNamespace(tokenizer=tokenizer, text_encoder=LastColourEncoder(tokenizer), device=torch.device("cpu"),
-                                  tokenize=TextConditioner.tokenize.__get__(SimpleNamespace(tokenizer=tokenizer)))
+    conditioner = TextConditioner(tokenizer, LastColourEncoder(tokenizer))
     bound = binding_score(conditioner, seen, unseen, "output")
     assert bound.fit == 1.0 and bound.unseen_first == 1.0 and bound.unseen_later == 1.0
     assert bound.unseen_first_count > 50 and bound.unseen_later_count > 50

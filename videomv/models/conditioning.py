@@ -125,7 +125,7 @@ class TextConditioner(nn.Module):
             raise ValueError(f"extra layers: expected an integer >= 0, got {count!r}")
         from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers < 5 nests it
+        layers = self.transformer.encoder.layers
         config = self.text_encoder.config
         reference = next(self.text_encoder.parameters())
         for _ in range(count):
@@ -133,8 +133,14 @@ class TextConditioner(nn.Module):
             for projection in (layer.self_attn.out_proj, layer.mlp.fc2):
                 nn.init.zeros_(projection.weight)
                 nn.init.zeros_(projection.bias)
-            text_model.encoder.layers.append(layer)
-        config.num_hidden_layers = len(text_model.encoder.layers)
+            layers.append(layer)
+        config.num_hidden_layers = len(layers)
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The CLIP text transformer (embeddings, encoder layers, final layer norm); transformers < 5
+        nests it in `text_encoder.text_model`."""
+        return getattr(self.text_encoder, "text_model", self.text_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -158,8 +164,7 @@ class TextConditioner(nn.Module):
         if clip_skip is None:
             return model(ids)[0]
         hidden = model(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers < 5 nests it
-        return text_model.final_layer_norm(hidden)
+        return self.transformer.final_layer_norm(hidden)
 
 
 UNCONDITIONAL_IMAGE = ("embedding", "image")
