@@ -465,6 +465,63 @@ def test_sharded_order_partitions_and_resumes():
     assert [next(resumed).tolist() for _ in range(3)] == seen[4:7]
 
 
+def test_repeated_items_fill_each_epoch_that_many_times_and_shard():
+    repeats = [1, 3, 1, 2, 1]
+    orders = [ShardedOrder(5, batch_size=2, seed=4, rank=r, world_size=2, repeats=repeats) for r in range(2)]
+    assert orders[0].batches_per_epoch == 2  # 8 slots // (2 * 2)
+    for epoch in range(3):
+        order = orders[0].epoch_order(epoch).tolist()
+        assert sorted(order) == [0, 1, 1, 1, 2, 3, 3, 4]
+        b0, b1 = orders[0].batches(epoch), orders[1].batches(epoch)
+        assert [i for pair in zip(b0, b1) for batch in pair for i in batch] == order[:8]
+    # Without repeats the order is the seed's plain permutation, as before the option existed.
+    plain = ShardedOrder(5, batch_size=2, seed=4)
+    g = torch.Generator().manual_seed(4 * 100_003 + 1)
+    assert plain.epoch_order(1).tolist() == torch.randperm(5, generator=g).tolist()
+    assert ShardedOrder(5, 2, seed=4, repeats=[1] * 5).epoch_order(1).tolist() == plain.epoch_order(1).tolist()
+    with pytest.raises(ValueError, match="one per item"):
+        ShardedOrder(5, 2, repeats=[1, 2])
+    with pytest.raises(ValueError, match="integers >= 1"):
+        ShardedOrder(3, 2, repeats=[1, 0, 1])
+
+
+def test_caption_repeats_take_the_largest_matching_count_and_refuse_unknown_texts():
+    from videomv.train.datasets import caption_repeats
+
+    captions = ["a red cube", "a red cube on top of a blue cone", "a cube, a cone and a torus in a row", ""]
+    assert caption_repeats(captions, {" on top of ": 3, "cube": 2}) == [2, 3, 2, 1]
+    assert caption_repeats(captions, {}) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="'next to' occurs in none of the 4"):
+        caption_repeats(captions, {"next to": 2})
+    for bad in ({"cube": 0}, {"cube": 1.5}, {"": 2}, {"cube": True}):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            caption_repeats(captions, bad)
+
+
+def test_caption_repeats_reach_the_training_order(tmp_path, toy_root, monkeypatch):
+    import videomv.train.mv as mv_module
+
+    orders = []
+    real = mv_module.make_stream
+
+    def spy(dataset, *args, **kwargs):
+        stream = real(dataset, *args, **kwargs)
+        orders.append((dataset, stream.order))
+        return stream
+
+    monkeypatch.setattr(mv_module, "make_stream", spy)
+    run(tmp_path / "plain", toy_root, "max_steps=1")
+    dataset, plain = orders[-1]
+    captions = [dataset.caption(i) for i in range(len(dataset))]
+    word = captions[0].split()[-1]  # the first item's shape noun
+    expected = [3 if word in c else 1 for c in captions]
+    run(tmp_path / "repeated", toy_root, "max_steps=1", f"data.caption_repeats={{{word}: 3}}")
+    order = orders[-1][1]
+    assert sorted(order.epoch_order(0).tolist()) == sorted(plain.items.repeat_interleave(torch.tensor(expected)).tolist())
+    with pytest.raises(ValueError, match="occurs in none"):
+        run(tmp_path / "typo", toy_root, "max_steps=1", "data.caption_repeats={dodecahedron: 2}")
+
+
 # ----------------------------------------------------------------------------- EMA and objective
 def test_ema_matches_closed_form():
     model = torch.nn.Linear(1, 1, bias=False)

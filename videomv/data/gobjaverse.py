@@ -189,6 +189,10 @@ class GObjaverseDataset(SkippingDataset):
     def item_id(self, index: int) -> str:
         return self.objects[index]
 
+    def caption(self, index: int) -> str:
+        """The caption `load` gives the item (empty where none is known), without reading its views."""
+        return (caption_for(self.captions, self.objects[index]) or "") + self.caption_suffix
+
     def _group_start(self, view_root: Path) -> int:
         try:
             count = sum(1 for name in os.listdir(view_root) if name.isdigit())
@@ -242,7 +246,7 @@ class GObjaverseDataset(SkippingDataset):
             "cameras": torch.stack(cameras),
             "views": torch.tensor(views),
             "fovy": float(fovy),
-            "caption": (caption or "") + self.caption_suffix,
+            "caption": self.caption(index),
             "object_id": object_id,
             "has_cameras": True,
         }

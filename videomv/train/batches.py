@@ -3,23 +3,32 @@
 Each epoch's order is ``randperm`` seeded by ``seed + epoch`` (the same on every process); the
 global batch ``batch_size × world_size`` is cut from it and process ``rank`` takes its slice.
 The position (epoch, batch within epoch) is all a checkpoint needs to continue with exactly the
-batches an uninterrupted run would have seen. The DataLoader gets its own generator so creating
+batches an uninterrupted run would have seen. Per-item ``repeats`` put an item that many times
+into each epoch's permutation (oversampling without duplicating the data). The DataLoader gets its own generator so creating
 an iterator never consumes the global torch RNG (which a checkpoint restores separately).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 
 class ShardedOrder:
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 repeats: Sequence[int] | None = None):
         if num_items < 1:
             raise ValueError("dataset is empty: no items to train on")
+        self.items = torch.arange(num_items)
+        if repeats is not None:
+            counts = torch.as_tensor(list(repeats), dtype=torch.long)
+            if counts.shape != (num_items,) or bool((counts < 1).any()):
+                raise ValueError(f"repeats: expected {num_items} integers >= 1 (one per item), got "
+                                 f"{counts.numel()} with minimum {int(counts.min()) if counts.numel() else None}")
+            self.items = torch.repeat_interleave(self.items, counts)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -28,12 +37,13 @@ class ShardedOrder:
         self.rank, self.world_size = rank, world_size
         self.global_batch = batch_size * world_size
         # Small datasets: repeat permutations so one epoch holds at least one global batch.
-        self.repeats = math.ceil(self.global_batch / num_items)
-        self.batches_per_epoch = (num_items * self.repeats) // self.global_batch
+        slots = len(self.items)
+        self.repeats = math.ceil(self.global_batch / slots)
+        self.batches_per_epoch = (slots * self.repeats) // self.global_batch
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.cat([torch.randperm(self.num_items, generator=g) for _ in range(self.repeats)])
+        return torch.cat([self.items[torch.randperm(len(self.items), generator=g)] for _ in range(self.repeats)])
 
     def batches(self, epoch: int, start: int = 0) -> list[list[int]]:
         order = self.epoch_order(epoch)

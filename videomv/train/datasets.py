@@ -130,8 +130,27 @@ class MixedStream:
             self.images.load_state_dict(state["images"])
 
 
-def make_stream(dataset, batch_size: int, seed: int, rank: int, world: int, num_workers: int = 0) -> BatchStream:
-    return BatchStream(dataset, ShardedOrder(len(dataset), batch_size, seed, rank, world), collate, num_workers)
+def make_stream(dataset, batch_size: int, seed: int, rank: int, world: int, num_workers: int = 0,
+                repeats: list[int] | None = None) -> BatchStream:
+    order = ShardedOrder(len(dataset), batch_size, seed, rank, world, repeats=repeats)
+    return BatchStream(dataset, order, collate, num_workers)
+
+
+def caption_repeats(captions: list[str], rules: dict[str, int]) -> list[int]:
+    """How often each item enters an epoch under ``data.caption_repeats``: the largest count whose
+    text occurs in the item's caption, 1 where none does. A text that occurs in no caption is
+    refused (a typo would otherwise silently change nothing)."""
+    counts = [1] * len(captions)
+    for text, count in rules.items():
+        if not text or not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"data.caption_repeats: expected a non-empty text mapped to an integer >= 1, "
+                             f"got {text!r}: {count!r}")
+        hits = [i for i, caption in enumerate(captions) if text in caption]
+        if not hits:
+            raise ValueError(f"data.caption_repeats: {text!r} occurs in none of the {len(captions)} training captions")
+        for i in hits:
+            counts[i] = max(counts[i], count)
+    return counts
 
 
 def read_prompts(value) -> list[str]:
@@ -207,6 +226,9 @@ class LatentCache(Dataset):
 
     def __len__(self) -> int:
         return self.mean.shape[0]
+
+    def caption(self, index: int) -> str:
+        return self.captions[index]
 
     def __getitem__(self, index: int) -> dict:
         return {"latent_mean": self.mean[index].float(), "latent_std": self.std[index].float(),

@@ -20,7 +20,7 @@ from videomv.models.conditioning import ImageConditioning
 from videomv.models.denoise import MultiViewCondition, denoise
 from videomv.models.latents import vae_encode
 
-from .datasets import (LatentCache, MixedStream, build_image_dataset, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
+from .datasets import (LatentCache, MixedStream, build_image_dataset, caption_repeats, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
                        read_prompts, resolve_path, take_views, view_window)
 from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as,
                         warn_min_snr_high_noise)
@@ -182,7 +182,9 @@ class MultiViewTask(Task):
         dl = self.cfg.dataloader
         seed = int(self.cfg.seed)
         source = self.latents if self.latents is not None else self.train_dataset
-        mv = make_stream(source, int(dl.batch_size), seed, rank, world, int(dl.num_workers))
+        rules = self.cfg.data.get("caption_repeats")
+        repeats = caption_repeats([source.caption(i) for i in range(len(source))], _plain(rules)) if rules else None
+        mv = make_stream(source, int(dl.batch_size), seed, rank, world, int(dl.num_workers), repeats)
         images = None
         if self.image_dataset is not None:
             images = make_stream(self.image_dataset, int(self.cfg.data.image_data.batch_size), seed + 1, rank, world,

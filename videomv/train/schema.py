@@ -130,6 +130,7 @@ class MultiViewDataConfig:
     background: Any = "grey"  # name or (r, g, b) in [0, 1]
     random_elevation_subset: bool = False
     text_dropout: float = 0.0
+    caption_repeats: Optional[Dict[str, int]] = None  # {text: n}: items whose caption holds text enter each epoch n times
     image_dropout: float = 0.0  # image model: share of samples trained with the unconditional image condition
     unconditional_image: str = "embedding"  # what image_dropout drops: the CLIP "embedding", or the "image" too
     cache_latents: bool = False
