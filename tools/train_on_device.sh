@@ -66,7 +66,7 @@ for name in "${NAMES[@]}"; do
     [ "$status" = 0 ] || continue
     case $name in
         i2mv) export_args=(--task image --timestep-spacing trailing) ;;
-        *) export_args=(--task text --guidance 4) ;;
+        *) export_args=(--task text --guidance 2) ;;
     esac
     export_args+=(--vae "${BASE[$name]}/vae" --reconstructor "${BASE[$name]}/reconstructor"
                   --sampler dpmsolver++ --steps 20)
