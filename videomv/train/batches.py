@@ -4,8 +4,9 @@ Each epoch's order is ``randperm`` seeded by ``seed + epoch`` (the same on every
 global batch ``batch_size × world_size`` is cut from it and process ``rank`` takes its slice.
 The position (epoch, batch within epoch) is all a checkpoint needs to continue with exactly the
 batches an uninterrupted run would have seen. Per-item ``repeats`` put an item that many times
-into each epoch's permutation (oversampling without duplicating the data). The DataLoader gets its own generator so creating
-an iterator never consumes the global torch RNG (which a checkpoint restores separately).
+into each epoch's permutation (oversampling without duplicating the data). The DataLoader gets its
+own generator so creating an iterator never consumes the global torch RNG (which a checkpoint
+restores separately).
 """
 
 from __future__ import annotations
