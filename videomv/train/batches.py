@@ -39,12 +39,12 @@ class ShardedOrder:
         self.global_batch = batch_size * world_size
         # Small datasets: repeat permutations so one epoch holds at least one global batch.
         slots = len(self.items)
-        self.repeats = math.ceil(self.global_batch / slots)
-        self.batches_per_epoch = (slots * self.repeats) // self.global_batch
+        self.permutations = math.ceil(self.global_batch / slots)
+        self.batches_per_epoch = (slots * self.permutations) // self.global_batch
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.cat([self.items[torch.randperm(len(self.items), generator=g)] for _ in range(self.repeats)])
+        return torch.cat([self.items[torch.randperm(len(self.items), generator=g)] for _ in range(self.permutations)])
 
     def batches(self, epoch: int, start: int = 0) -> list[list[int]]:
         order = self.epoch_order(epoch)
