@@ -49,6 +49,8 @@ def main(argv=None) -> None:
     p.add_argument("--unconditional-image", choices=UNCONDITIONAL_IMAGE,
                    help="image model: what guidance drops of the image (default: the CLIP embedding; 'image' for "
                         "models trained with data.unconditional_image=image)")
+    p.add_argument("--clean-input-view", action="store_true",
+                   help="image model trained with model.clean_input_view: view 0 is the input image throughout")
     p.add_argument("--share-with", type=Path, help="model folder whose identical components are linked, not copied")
     args = p.parse_args(argv)
     if args.share_with is not None and not args.share_with.is_dir():
@@ -66,7 +68,8 @@ def main(argv=None) -> None:
     if args.timestep_spacing is not None:
         pipeline.scheduler = ddim_with(pipeline.scheduler.config, timestep_spacing=args.timestep_spacing)
     given = dict(elevation=args.elevation, radius=args.radius, guidance_scale=args.guidance, fovy=args.fovy,
-                 num_inference_steps=args.steps, sampler=args.sampler, unconditional_image=args.unconditional_image)
+                 num_inference_steps=args.steps, sampler=args.sampler, unconditional_image=args.unconditional_image,
+                 clean_input_view=args.clean_input_view or None)
     settings = dict(resolution=args.resolution, **{k: v for k, v in given.items() if v is not None})
     model = VideoMV.from_parts(pipeline=pipeline, reconstructor=args.reconstructor, settings=settings)
     model.save_pretrained(args.out, dtype=DTYPES[args.dtype], share_with=args.share_with)

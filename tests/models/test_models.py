@@ -383,3 +383,31 @@ def test_conditioning_layer_rejects_mismatched_inputs(t2mv, i2mv):
         denoise(t2mv[1], x["sample"], 7, MultiViewCondition(x["text"], image=image, fps=8))
     with pytest.raises(ValueError, match="I2MVUNet needs an image condition"):
         denoise(i2mv[1], x["sample"], 7, MultiViewCondition(x["text"]))
+
+
+def test_clean_input_view_puts_the_image_latent_in_place_of_view_0_for_the_unet(i2mv):
+    _, unet = i2mv
+    x = _inputs(seed=8)
+    seen = []
+    hook = unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        for clean in (False, True):
+            image = ImageConditioning(x["image_embeddings"], x["image_latents"], clean_input_view=clean)
+            with torch.no_grad():
+                denoise(unet, x["sample"], 7, MultiViewCondition(x["text"], x["cameras"], image=image, fps=8))
+    finally:
+        hook.remove()
+    noisy, clean = seen
+    assert torch.equal(noisy, x["sample"])  # the release's way: the noisy latents as given
+    assert torch.equal(clean[:, :, 0], x["image_latents"][:, :, 0])
+    assert torch.equal(clean[:, :, 1:], x["sample"][:, :, 1:])
+    dropped = ImageConditioning(x["image_embeddings"], x["image_latents"], True).dropped(torch.tensor([True, False]),
+                                                                                         "image")
+    assert dropped.clean_input_view and torch.equal(dropped.input_view_latent[0],
+                                                    torch.zeros_like(x["image_latents"][0, :, :1]))
+    pair = MultiViewCondition(x["text"], image=dropped, fps=8).with_unconditional(x["text"])
+    assert pair.image.clean_input_view
+    with pytest.raises(ValueError, match="clean_input_view differs"):
+        MultiViewCondition.cat([MultiViewCondition(x["text"], image=dropped, fps=8),
+                                MultiViewCondition(x["text"], image=ImageConditioning(x["image_embeddings"],
+                                                                                      x["image_latents"]), fps=8)])

@@ -266,3 +266,40 @@ def test_settings_unconditional_image_reaches_the_image_pipeline_and_is_refused_
                            settings={"unconditional_image": "image"})
     with pytest.raises(ValueError, match="unconditional_image: expected one of"):
         model.pipeline(image, cameras=cameras[None], num_inference_steps=1, unconditional_image="none")
+
+
+def test_clean_input_view_keeps_view_0_at_the_input_through_guidance_and_3d_aware_sampling(tmp_path):
+    import json
+
+    import pytest
+
+    from tiny_videomv import tiny_image_videomv
+
+    model = tiny_image_videomv(with_reconstructor=True, seed=0)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cameras = orbit_cameras(4, 5.0, 1.7)
+    input_latent = model.pipeline.image_conditioner.image_latents(image[None], 4, 32, 32)[:, :, :1]
+    for guidance in (1.0, 3.0):
+        latents = model.pipeline(image, cameras=cameras[None], num_inference_steps=3, guidance_scale=guidance,
+                                 seed=0, clean_input_view=True, unconditional_image="image", output_type="latent",
+                                 progress=False).latents
+        torch.testing.assert_close(latents[:, :, :1], input_latent, rtol=1e-4, atol=1e-5)
+
+    given = VideoMV.from_parts(pipeline=model.pipeline, reconstructor=model.reconstructor,
+                               settings={"resolution": 32, "clean_input_view": True, "num_inference_steps": 4})
+    kwargs = dict(cameras=cameras, guidance_scale=3.0, seed=0, progress=False)
+    aware = given(image=image, three_d_aware=True, **kwargs)
+    assert aware.aware_steps  # the reconstruction replaced z0, and view 0 came back to the input
+    torch.testing.assert_close(aware.images[0], model.decode(input_latent)[0, 0].cpu(), rtol=1e-3, atol=1e-3)
+    plain = VideoMV.from_parts(pipeline=model.pipeline, reconstructor=model.reconstructor,
+                               settings={"resolution": 32, "num_inference_steps": 4})
+    assert (plain(image=image, three_d_aware=True, **kwargs).images[0] - aware.images[0]).abs().max() > 0.01
+
+    model.pipeline.save_pretrained(tmp_path / "final")
+    load_tool().main(["--task", "image", "--resolution", "32", "--dtype", "fp32", "--pipeline",
+                      str(tmp_path / "final"), "--out", str(tmp_path / "out"), "--clean-input-view"])
+    assert json.loads((tmp_path / "out" / "videomv.json").read_text())["clean_input_view"] is True
+    assert VideoMV.from_pretrained(tmp_path / "out").settings.clean_input_view
+    with pytest.raises(ValueError, match="clean_input_view is for the image task"):
+        VideoMV.from_parts(pipeline=tiny_text_videomv(with_reconstructor=False).pipeline,
+                           settings={"clean_input_view": True})

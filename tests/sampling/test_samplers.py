@@ -99,3 +99,57 @@ def test_bad_sampler_inputs_are_refused():
         ddim_sample(lambda x, t: x, torch.zeros(1, 4, 2, 2, 2), scheduler_for("dpmsolver++", ddim), 5, eta=0.5,
                     progress=False)
     assert isinstance(scheduler_for("ddim", ddim), DDIMScheduler)
+
+
+@pytest.mark.parametrize("sampler, name", [("dpmsolver++", n) for n in SCHEDULERS] + [("ddim", "image")])
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_known_views_end_exactly_at_their_latents_whatever_the_model_says(sampler, name, guidance_scale):
+    """`output_with_known_views` on a denoiser that returns noise: the known view reaches its latent
+    exactly (with guidance too, every branch takes it), the other views keep the model's output.
+    DDIM runs on the image schedule only: the text schedules stop at alphas_cumprod[0] < 1
+    (set_alpha_to_one=False), a hair of noise above z0 by design."""
+    from videomv.sampling.ddim import output_with_known_views, z0_and_eps
+
+    torch.manual_seed(2)
+    shape = (1, 4, 3, 2, 2)
+    z_T = torch.randn(shape, dtype=torch.float64)
+    known = torch.randn(1, 4, 1, 2, 2, dtype=torch.float64)
+    scheduler = _double(scheduler_for(sampler, SCHEDULERS[name]()))
+    raw = {}
+
+    def denoiser(x, t):
+        out = torch.randn_like(x)
+        replaced = output_with_known_views(scheduler, out, x, t, known)
+        assert torch.equal(replaced[:, :, 1:], out[:, :, 1:])
+        raw[int(t)] = z0_and_eps(scheduler, replaced, x, t)[0][:, :, :1]
+        return replaced
+
+    out = ddim_sample(denoiser, z_T, scheduler, 12, guidance_scale, progress=False)
+    torch.testing.assert_close(out[:, :, :1], known, rtol=1e-5, atol=1e-6)
+    for z0 in raw.values():  # each call predicts the known latent, in both branches
+        torch.testing.assert_close(z0, known.expand_as(z0), rtol=1e-6, atol=1e-6)
+    assert (out[:, :, 1:] - known).abs().max() > 0.1  # the other views are not pulled to it
+
+
+def test_known_views_must_fit_the_latents():
+    from videomv.sampling.ddim import with_known_views
+
+    z0 = torch.zeros(2, 4, 3, 2, 2)
+    assert torch.equal(with_known_views(z0, torch.ones(1, 4, 1, 2, 2))[:, :, 0], torch.ones(2, 4, 2, 2))
+    for bad in (torch.ones(3, 4, 1, 2, 2), torch.ones(1, 4, 3, 2, 2), torch.ones(1, 3, 1, 2, 2), torch.ones(4, 2, 2)):
+        with pytest.raises(ValueError, match="known views: expected"):
+            with_known_views(z0, bad)
+
+
+def test_a_z0_hook_kept_to_known_views_returns_them_in_both_branches():
+    from videomv.sampling.pipeline import keeping_known_views
+
+    known = torch.full((1, 4, 1, 2, 2), 5.0)
+    cond, uncond = torch.zeros(2, 4, 3, 2, 2), torch.ones(2, 4, 3, 2, 2)
+    hook = keeping_known_views(lambda i, t, zc, zu, x: (cond, uncond), known)
+    new_cond, new_uncond = hook(0, 999, None, None, None)
+    assert new_cond[:, :, 0].eq(5).all() and new_uncond[:, :, 0].eq(5).all()
+    assert torch.equal(new_cond[:, :, 1:], cond[:, :, 1:]) and torch.equal(new_uncond[:, :, 1:], uncond[:, :, 1:])
+    assert keeping_known_views(lambda *args: None, known)(0, 999, None, None, None) is None
+    without_guidance = keeping_known_views(lambda i, t, zc, zu, x: (cond, None), known)(0, 999, None, None, None)
+    assert without_guidance[1] is None and without_guidance[0][:, :, 0].eq(5).all()

@@ -690,14 +690,14 @@ def test_image_dropout_trains_the_unconditional_image_condition(tmp_path, toy_ro
         tiny_config("data.image_dropout=1.5")
 
 
-def test_image_validation_grid_guides_against_what_training_dropped(tmp_path, toy_root, monkeypatch):
+def test_image_validation_grid_samples_as_the_model_was_trained(tmp_path, toy_root, monkeypatch):
     from videomv.sampling import I2MVPipeline
 
     calls = []
     real = I2MVPipeline.__call__
 
     def spy(self, *args, **kwargs):
-        calls.append(kwargs.get("unconditional_image"))
+        calls.append((kwargs.get("unconditional_image"), kwargs.get("clean_input_view")))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(I2MVPipeline, "__call__", spy)
@@ -707,12 +707,13 @@ def test_image_validation_grid_guides_against_what_training_dropped(tmp_path, to
                       TINY + [f"data.root={toy_root}", f"output_dir={out}", "max_steps=1", "validation.every=1",
                               "validation.steps=2", "validation.num_views=2", "validation.num_objects=1",
                               "image_encoder.init.hidden_size=16", "image_encoder.init.projection_dim=16",
-                              "data.image_dropout=0.1", "data.unconditional_image=image"], MultiViewConfig)
+                              "data.image_dropout=0.1", "data.unconditional_image=image",
+                              "model.clean_input_view=true"], MultiViewConfig)
     try:
         train(cfg, MultiViewTask, prepare=build_configured_world)
     finally:
         AcceleratorState._reset_state(True)
-    assert calls == ["image"]
+    assert calls == [("image", True)]
     assert (out / "samples" / "step_000001.png").is_file()
 
 
@@ -794,3 +795,66 @@ def test_input_perturbation_adds_independent_noise_of_scale_gamma():
         perturbed_noise(noise, -0.1)
     with pytest.raises(ValueError, match="input_perturbation"):
         tiny_config("input_perturbation=-1")
+
+
+def test_input_view_excluded_leaves_view_0_out_of_the_loss_by_hand():
+    from videomv.train.losses import input_view_excluded
+
+    latents = torch.zeros(1, 4, 3, 2, 2)
+    mask = input_view_excluded(latents)
+    assert mask.shape == (1, 1, 3, 2, 2) and mask[:, :, 0].sum() == 0 and mask[:, :, 1:].eq(1).all()
+    weight = torch.full((1, 1, 3, 2, 2), 2.0)
+    weight[0, 0, 1, 0, 0] = 5.0
+    combined = input_view_excluded(latents, weight)
+    assert combined[0, 0, 0].eq(0).all() and combined[0, 0, 1, 0, 0] == 5.0 and combined[0, 0, 2].eq(2).all()
+    with pytest.raises(ValueError, match="at least 2"):
+        input_view_excluded(torch.zeros(1, 4, 1, 2, 2))
+
+    scheduler = build_noise_scheduler("t2v_eps")
+    t = torch.tensor([10])
+    target = torch.zeros(1, 4, 3, 2, 2)
+    target[0, :, 0] = 7.0  # any error at view 0 is not counted
+    target[0, :, 1, 0, 0] = 1.0  # error 1 at one position of view 1
+    pred = torch.zeros_like(target)
+    assert diffusion_loss(pred, target, scheduler, t, weight=mask).item() == pytest.approx(4 / 32)
+
+
+def test_clean_input_view_trains_on_the_image_latent_and_predicts_the_other_views(tmp_path, toy_root, monkeypatch):
+    import videomv.train.mv as mv_module
+
+    seen = []
+    real_denoise, real_loss = mv_module.denoise, mv_module.diffusion_loss
+
+    def spy_denoise(unet, latents, t, condition, *args, **kwargs):
+        inputs = []
+        hook = unet.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+        try:
+            out = real_denoise(unet, latents, t, condition, *args, **kwargs)
+        finally:
+            hook.remove()
+        seen.append(("unet", inputs[0], latents.detach().clone(), condition.image))
+        return out
+
+    def spy_loss(pred, target, scheduler, timesteps, gamma=None, weight=None):
+        seen.append(("loss", weight))
+        return real_loss(pred, target, scheduler, timesteps, gamma, weight)
+
+    monkeypatch.setattr(mv_module, "denoise", spy_denoise)
+    monkeypatch.setattr(mv_module, "diffusion_loss", spy_loss)
+    AcceleratorState._reset_state(True)
+    cfg = load_config(REPO / "configs" / "toy_i2mv.yaml",
+                      TINY + [f"data.root={toy_root}", "max_steps=1", "image_encoder.init.hidden_size=16",
+                              "image_encoder.init.projection_dim=16", "text_encoder.init.num_layers=2",
+                              f"output_dir={tmp_path}", "model.clean_input_view=true"], MultiViewConfig)
+    try:
+        train(cfg, MultiViewTask, prepare=build_configured_world)
+    finally:
+        AcceleratorState._reset_state(True)
+    (_, unet_input, noisy, image), (_, weight) = seen
+    assert image.clean_input_view
+    assert torch.equal(unet_input[:, :, 0], image.image_latents[:, :, 0].to(unet_input))
+    assert torch.equal(unet_input[:, :, 1:], noisy[:, :, 1:])
+    assert not torch.equal(noisy[:, :, 0], unet_input[:, :, 0])  # the check can fail
+    assert weight[:, :, 0].eq(0).all() and weight[:, :, 1:].eq(1).all()
+    with pytest.raises(ValueError, match="clean_input_view is for image"):
+        run(tmp_path / "text", toy_root, "max_steps=1", "model.clean_input_view=true")

@@ -172,10 +172,19 @@ UNCONDITIONAL_IMAGE = ("embedding", "image")
 
 @dataclass
 class ImageConditioning:
-    """What the I2MV UNet needs from the input image."""
+    """What the I2MV UNet needs from the input image. With `clean_input_view` the UNet also sees the
+    image latent in place of the noisy latents of view 0 (the input view), at every noise level, so
+    its temporal attention reads the input clean in every block (`videomv.models.denoise.denoise`);
+    a model is trained one way or the other."""
 
     image_embeddings: torch.Tensor  # (B, 1, D) CLIP image embeddings
     image_latents: torch.Tensor  # (B, C, F, h, w): VAE latent of the image, then F-1 position-mask frames
+    clean_input_view: bool = False
+
+    @property
+    def input_view_latent(self) -> torch.Tensor:
+        """(B, C, 1, h, w): the VAE latent of the input image (zero where the image was dropped)."""
+        return self.image_latents[:, :, :1]
 
     def dropped(self, drop: torch.Tensor, what: str = "embedding") -> "ImageConditioning":
         """This condition with the samples where `drop` (B,) is true made unconditional: a zero CLIP
@@ -193,7 +202,7 @@ class ImageConditioning:
         if what == "image":
             first = latents[:, :, :1] * keep.to(latents.dtype).view(-1, 1, 1, 1, 1)
             latents = torch.cat([first, latents[:, :, 1:]], dim=2)
-        return ImageConditioning(embeddings, latents)
+        return ImageConditioning(embeddings, latents, self.clean_input_view)
 
     def unconditional(self, what: str = "embedding") -> "ImageConditioning":
         """The classifier-free-guidance partner of this condition (see `dropped`)."""

@@ -79,8 +79,10 @@ class MultiViewCondition:
         if any(i is not None for i in images):
             if not all(i is not None for i in images):
                 raise ValueError("conditions: image is given for some conditions but not for others")
+            if len({i.clean_input_view for i in images}) > 1:
+                raise ValueError("conditions: clean_input_view differs between the image conditions")
             image = ImageConditioning(torch.cat([i.image_embeddings for i in images]),
-                                      torch.cat([i.image_latents for i in images]))
+                                      torch.cat([i.image_latents for i in images]), images[0].clean_input_view)
         return MultiViewCondition(
             text=torch.cat([c.text for c in conditions]),
             cameras=stacked("cameras", [c.cameras for c in conditions]),
@@ -94,7 +96,8 @@ def denoise(unet, latents: torch.Tensor, timestep, condition: MultiViewCondition
             cross_attention_kwargs: dict | None = None) -> torch.Tensor:
     """The UNet's prediction (noise or v, as it was trained) for `latents` (B, C, F, h, w) at
     `timestep` (a number or (B,)) under `condition`. `unet` is a `T2MVUNet` for a text condition,
-    an `I2MVUNet` for an image condition (also wrapped, e.g. by DDP)."""
+    an `I2MVUNet` for an image condition (also wrapped, e.g. by DDP). An image condition with
+    `clean_input_view` puts the input image's latent in place of view 0's noisy latents."""
     if condition.batch_size != latents.shape[0]:
         raise ValueError(f"condition: batch size {condition.batch_size} does not match the latents' "
                          f"{latents.shape[0]}")
@@ -108,5 +111,7 @@ def denoise(unet, latents: torch.Tensor, timestep, condition: MultiViewCondition
                   cross_attention_kwargs=cross_attention_kwargs)
     if condition.image is None:
         return unet(latents, timestep, **common).sample
+    if condition.image.clean_input_view:
+        latents = torch.cat([condition.image.input_view_latent.to(latents.dtype), latents[:, :, 1:]], dim=2)
     return unet(latents, timestep, fps=condition.fps, image_latents=condition.image.image_latents,
                 image_embeddings=condition.image.image_embeddings, **common).sample

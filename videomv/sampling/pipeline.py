@@ -24,7 +24,7 @@ from ..models.conditioning import (UNCONDITIONAL_IMAGE, ImageConditioner, ImageC
 from ..models.denoise import MultiViewCondition, denoise
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
-from .ddim import Z0Hook, ddim_sample, scheduler_for
+from .ddim import Z0Hook, ddim_sample, output_with_known_views, scheduler_for, with_known_views
 
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 
@@ -44,6 +44,19 @@ def dtype_kwargs(dtype: torch.dtype) -> dict:
     from diffusers.utils import deprecation_utils
 
     return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def keeping_known_views(z0_hook: Z0Hook, known: torch.Tensor) -> Z0Hook:
+    """`z0_hook` whose replacements keep the first views at `known` (see `with_known_views`)."""
+
+    def hook(step_index, timestep, z0_cond, z0_uncond, latents):
+        replaced = z0_hook(step_index, timestep, z0_cond, z0_uncond, latents)
+        if replaced is None:
+            return None
+        cond, uncond = replaced
+        return with_known_views(cond, known), None if uncond is None else with_known_views(uncond, known)
+
+    return hook
 
 
 def prepare_cameras(cameras, batch_size: int, default: torch.Tensor) -> torch.Tensor:
@@ -107,11 +120,16 @@ class _MultiViewPipeline(DiffusionPipeline):
         """The denoising loop under `condition`, with guidance against `negative_text` (and the image
         condition made unconditional as `unconditional_image` says) when it is given; `sampler` "ddim"
         (the folder's scheduler) or "dpmsolver++" (on the same noise schedule)."""
+        known = None  # an image model given its input view clean: view 0 is the input's latent throughout
+        if condition.image is not None and condition.image.clean_input_view:
+            known = condition.image.input_view_latent
+            z0_hook = z0_hook and keeping_known_views(z0_hook, known)
         if negative_text is not None:
             condition = condition.with_unconditional(negative_text, unconditional_image)
 
         def denoiser(model_input, t):
-            return denoise(self.unet, model_input, t, condition, cross_attention_kwargs)
+            out = denoise(self.unet, model_input, t, condition, cross_attention_kwargs)
+            return out if known is None else output_with_known_views(self.scheduler, out, model_input, t, known)
 
         return ddim_sample(denoiser, latents, scheduler_for(sampler, self.scheduler), num_inference_steps,
                            guidance_scale, eta, generator, z0_hook, progress)
@@ -245,6 +263,7 @@ class I2MVPipeline(_MultiViewPipeline):
         target_fps: int = IMAGE.fps,
         clip_skip: int | None = IMAGE.clip_skip,
         unconditional_image: str = "embedding",
+        clean_input_view: bool = False,
         eta: float = 0.0,
         sampler: str = "ddim",
         generator: torch.Generator | None = None,
@@ -261,7 +280,8 @@ class I2MVPipeline(_MultiViewPipeline):
         """Generate views of the object in `image` ((3, H, W) or (B, 3, H, W) in [0, 1]);
         `cameras` default to the `IMAGE` orbit (24 views at 5 deg, radius 1.7); `clip_skip` = 1 takes the text encoder's
         penultimate layer, as `I2VGenXLPipeline`. `unconditional_image`: what guidance drops of the
-        image, "embedding" (the CLIP embedding) or "image" (also the image latent). `sampler`: "ddim"
+        image, "embedding" (the CLIP embedding) or "image" (also the image latent). `clean_input_view`:
+        for models trained with `model.clean_input_view`, view 0 is the input image's latent throughout. `sampler`: "ddim"
         or "dpmsolver++" (20-25 steps).
         `z0_hook`: see `videomv.sampling.ddim`."""
         if not torch.is_tensor(image) or image.ndim not in (3, 4):
@@ -285,7 +305,7 @@ class I2MVPipeline(_MultiViewPipeline):
         encoded = self.image_conditioner.encode(image.to(device), num_frames, height, width)
         condition = MultiViewCondition(
             text, cameras.to(device=device, dtype=text.dtype),
-            image=ImageConditioning(encoded.image_embeddings, encoded.image_latents.to(text.dtype)),
+            image=ImageConditioning(encoded.image_embeddings, encoded.image_latents.to(text.dtype), clean_input_view),
             fps=torch.full((batch_size,), target_fps, device=device),
         )
         latents = self.prepare_latents(batch_size, num_frames, height, width, text.dtype, generator, latents)

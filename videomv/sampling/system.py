@@ -52,6 +52,7 @@ class VideoMVSettings:
     fps: int = TEXT.fps  # image model: the fps condition it was trained with
     clip_skip: int | None = TEXT.clip_skip  # text context: the encoder's last layer (None) or layer k before it
     unconditional_image: str = "embedding"  # image model: what guidance drops, the CLIP embedding or the "image"
+    clean_input_view: bool = False  # image model: view 0 given as the input's clean latent (model.clean_input_view)
     # Where the official release's sampling differs from the paper's (see `videomv.sampling.parity`,
     # whose `release` preset sets these); the defaults are this project's behaviour.
     negative_prompt: str = ""  # text of the unconditional branch
@@ -71,6 +72,8 @@ class VideoMVSettings:
                              f"got {self.unconditional_image!r}")
         if self.task == "text" and self.unconditional_image != "embedding":
             raise ValueError("unconditional_image is for the image task; a text model has no image condition")
+        if self.task == "text" and self.clean_input_view:
+            raise ValueError("clean_input_view is for the image task; a text model has no input view")
         if self.aware_latents not in ("mode", "sample"):
             raise ValueError(f"aware_latents must be 'mode' or 'sample', got {self.aware_latents!r}")
         if self.aware_render_size is not None and self.aware_render_size < 1:
@@ -329,7 +332,7 @@ class VideoMV:
             out = self.pipeline(prompt, **common)
         else:
             out = self.pipeline(image.float().clamp(0, 1), target_fps=s.fps, unconditional_image=s.unconditional_image,
-                                **common)
+                                clean_input_view=s.clean_input_view, **common)
         images = out.images[0].float()
 
         gaussians = None

@@ -54,6 +54,18 @@ def object_weights(alphas: torch.Tensor, latent_size: tuple[int, int], object_we
     return (1 + object_weight * coverage).view(b, f, 1, *latent_size).permute(0, 2, 1, 3, 4)
 
 
+def input_view_excluded(latents: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss weights for `latents` (B, C, F, h, w) that leave out view 0 (an image model given its
+    input view clean predicts nothing there): `weight` (broadcastable to the latents, e.g. from
+    `object_weights`; None: all 1) times a (B, 1, F, h, w) mask that is 0 at view 0."""
+    b, _, f, h, w = latents.shape
+    if f < 2:
+        raise ValueError(f"latents: a clean input view leaves nothing to predict with {f} view(s); give at least 2")
+    keep = torch.ones(b, 1, f, h, w, device=latents.device)
+    keep[:, :, 0] = 0
+    return keep if weight is None else weight * keep
+
+
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l1",
                         weight: torch.Tensor | None = None) -> torch.Tensor:
     """L1 or MSE of images (N, 3, H, W); with a per-pixel `weight` (N, 1, H, W), the weighted mean

@@ -25,7 +25,7 @@ from .datasets import (LatentCache, MixedStream, build_image_dataset, caption_re
 from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as,
                         warn_min_snr_high_noise)
 from .engine import Task
-from .losses import diffusion_loss, object_weights
+from .losses import diffusion_loss, input_view_excluded, object_weights
 from .schema import MultiViewConfig
 
 
@@ -124,6 +124,8 @@ class MultiViewTask(Task):
             raise ValueError(f"model.kind must be t2mv or i2mv, got {self.kind!r}")
         if self.kind == "t2mv" and cfg.data.get("image_dropout"):
             raise ValueError("data.image_dropout is for image -> MV (i2mv); the text model has no image condition")
+        if self.kind == "t2mv" and cfg.model.get("clean_input_view"):
+            raise ValueError("model.clean_input_view is for image -> MV (i2mv); the text model has no input view")
         device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
 
@@ -242,7 +244,8 @@ class MultiViewTask(Task):
                 # The condition is the first view of the orbit, given in [0, 1].
                 first = ((images[:, 0].float() + 1) / 2).clamp(0, 1).to(device)
                 cond = self.image_conditioner.encode(first, num_frames=latents.shape[2])
-            image = ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float())
+            clean_view = bool(self.cfg.model.get("clean_input_view", False))
+            image = ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float(), clean_view)
             image_dropout = float(self.cfg.data.get("image_dropout", 0.0))
             if image_dropout > 0:
                 drop = torch.rand(bsz, device=device) < image_dropout
@@ -256,6 +259,8 @@ class MultiViewTask(Task):
             if "alphas" not in batch:
                 raise ValueError("object_weight: this batch carries no alphas (its data has no object masks)")
             weight = object_weights(batch["alphas"].to(device), tuple(latents.shape[-2:]), object_weight)
+        if condition.image is not None and condition.image.clean_input_view:
+            weight = input_view_excluded(latents, weight)  # view 0 is given, not predicted
         loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"), weight)
         return loss, {"frames": float(latents.shape[2])}
 
@@ -307,7 +312,8 @@ class MultiViewTask(Task):
                 image = (self.train_dataset[i]["images"][0] + 1) / 2
                 out = pipe(image.to(self.accelerator.device), prompt=self.cfg.data.get("prompt", ""),
                            target_fps=int(self.cfg.model.get("fps", IMAGE.fps)),
-                           unconditional_image=self.cfg.data.get("unconditional_image", "embedding"), **common)
+                           unconditional_image=self.cfg.data.get("unconditional_image", "embedding"),
+                           clean_input_view=bool(self.cfg.model.get("clean_input_view", False)), **common)
                 rows.append(torch.cat([image[None].cpu(), out.images[0].float().cpu()]))
         if rows:
             save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")

@@ -143,6 +143,7 @@ class MultiViewDataConfig:
 class ModelKindConfig:
     kind: str = "t2mv"  # t2mv | i2mv
     fps: int = 16
+    clean_input_view: bool = False  # i2mv: the UNet sees view 0 as the clean image latent (not predicted)
 
 
 @dataclass
