@@ -99,3 +99,33 @@ def test_lpips_without_weights_is_refused(tmp_path, toy_root, monkeypatch):
     cfg = config(tmp_path / "run", toy_root, "max_steps=1", "loss.lpips=0.5")
     with pytest.raises(ValueError, match="real LPIPS weights"):
         run(cfg)
+
+
+def test_a_clean_input_view_generator_gives_the_input_as_view_0(tmp_path, toy_root):
+    from dataclasses import replace
+
+    from accelerate import Accelerator
+
+    from tiny_videomv import tiny_image_videomv
+
+    model = tiny_image_videomv(seed=0)
+    views = {}
+    for clean in (True, False):
+        folder = tmp_path / f"generator_{clean}"
+        type(model)(model.pipeline, None, replace(model.settings, clean_input_view=clean)).save_pretrained(folder)
+        cfg = config(tmp_path / f"run_{clean}", toy_root, "max_steps=1", "inputs.source=generator",
+                     f"generator.path={folder}", "generator.task=image", "inputs.t_max=999", "data.background=white")
+        build_configured_world(cfg)
+        AcceleratorState._reset_state(True)
+        try:
+            task = ReconstructorTask(cfg, Accelerator(cpu=True))
+            assert task.clean_input_view is clean
+            batch = next(task.make_batches(0, 1))
+            task.rng.manual_seed(5), torch.manual_seed(5)
+            views[clean] = task.single_step_views(batch)
+        finally:
+            AcceleratorState._reset_state(True)
+    first = ((batch["images"][:, 0] + 1) / 2).clamp(0, 1)
+    round_trip = model.decode(model.pipeline.image_conditioner.image_latents(first, 2, 32, 32)[:, :, :1])[:, 0]
+    torch.testing.assert_close(views[True][:, 0], round_trip, rtol=1e-4, atol=1e-4)
+    assert (views[False][:, 0] - round_trip).abs().max() > 0.05  # the check can fail

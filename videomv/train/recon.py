@@ -11,6 +11,8 @@ views (all, or N random) -> MSE(rgb) + MSE(alpha) + lambda * LPIPS (real weights
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,8 +63,10 @@ class ReconstructorTask(Task):
             raise ValueError(f"inputs.source must be 'generator' or 'ground_truth', got {self.source!r}")
         self.t_max = int(cfg.inputs.get("t_max", 700))
         self.generator = None
+        self.clean_input_view = False  # an image generator trained with model.clean_input_view
         if self.source == "generator":
             self.generator = self._load_generator(cfg.generator).to(device)
+            self.clean_input_view = self._generator_settings(cfg.generator).get("clean_input_view", False)
         self.lpips_weight = float(cfg.loss.get("lpips", 0.0))
         self.lpips = None
         if self.lpips_weight > 0:
@@ -93,6 +97,13 @@ class ReconstructorTask(Task):
             module.requires_grad_(False).eval()
         return pipe
 
+    @staticmethod
+    def _generator_settings(gen_cfg: DictConfig) -> dict:
+        """The generator's `videomv.json` when generator.path is a VideoMV model folder, else {}
+        (a stage-1 run's pipeline folder: the release's sampling)."""
+        settings = resolve_path(gen_cfg.path) / "videomv.json"
+        return json.loads(settings.read_text()) if settings.is_file() else {}
+
     def trainable_models(self):
         return {"reconstructor": self.model}
 
@@ -113,7 +124,7 @@ class ReconstructorTask(Task):
     def single_step_views(self, batch, views: list[int] | None = None) -> torch.Tensor:
         """The generator's one-step x0 prediction, denoising all views jointly and decoding `views`
         (default all): (B, len(views), 3, H, W) in [0, 1]."""
-        from videomv.sampling.ddim import z0_and_eps
+        from videomv.sampling.ddim import with_known_views, z0_and_eps
 
         pipe = self.generator
         device = self.accelerator.device
@@ -127,7 +138,8 @@ class ReconstructorTask(Task):
         cameras = batch["cameras"].to(device).float()
         if hasattr(pipe, "image_encoder"):
             first = ((images[:, 0] + 1) / 2).clamp(0, 1)
-            cond = pipe.image_conditioner.encode(first, latents.shape[2])
+            cond = replace(pipe.image_conditioner.encode(first, latents.shape[2]),
+                           clean_input_view=self.clean_input_view)
             context = pipe.text_conditioner.encode([""] * b, IMAGE.clip_skip)
             condition = MultiViewCondition(context, cameras, image=cond, fps=torch.full((b,), IMAGE.fps, device=device))
         else:
@@ -135,6 +147,8 @@ class ReconstructorTask(Task):
             condition = MultiViewCondition(context, cameras)
         out = denoise(pipe.unet, noisy, t, condition)
         z0 = torch.stack([z0_and_eps(pipe.scheduler, out[i : i + 1], noisy[i : i + 1], t[i])[0][0] for i in range(b)])
+        if self.clean_input_view:  # view 0 was given, not predicted: it is the input, as in sampling
+            z0 = with_known_views(z0, cond.input_view_latent)
         if views is not None:
             z0 = z0[:, :, views]
         return ((vae_decode(pipe.vae, z0, scale).float() + 1) / 2).clamp(0, 1)
