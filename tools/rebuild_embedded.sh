@@ -4,7 +4,7 @@
 # is made by an earlier command here, never read from data/embedded. The result goes to $OUT
 # (default runs/embedded); data/embedded is left as it is.
 #
-#   bash tools/rebuild_embedded.sh            # about 23 hours on one core
+#   bash tools/rebuild_embedded.sh            # about 24 hours on one core
 #
 # Phases that continue an exported model start from its fp16 model folder (loaded as float32), as the
 # embedded models did. `stop_at` ends a run at a step of a longer schedule (checkpoint and export);
@@ -94,19 +94,24 @@ python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v5/final -
 python scripts/train_mv.py --config configs/toy_t2mv_v8.yaml
 python scripts/train_mv.py --config configs/toy_i2mv_v6.yaml
 
-# text phase 8 as a model folder (fp16), what phase 9 starts from
+# text phase 8 and image phase 6 as model folders (fp16), what text and image phase 9 start from
 python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v8/final --vae runs/t2mv_phase7/vae \
     --reconstructor runs/t2mv_phase7/reconstructor --out runs/t2mv_phase8 --resolution 64 --guidance 2 \
     --sampler dpmsolver++ --steps 20
-# text phase 9: 500 more steps on the phase-8 recipe (step 500 of a 700-step schedule)
+python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v6/final --vae runs/i2mv_phase5/vae \
+    --reconstructor runs/i2mv_phase5/reconstructor --out runs/i2mv_phase6 --resolution 64 \
+    --timestep-spacing trailing --sampler dpmsolver++ --steps 20
+# text phase 9: 500 more steps on the phase-8 recipe (step 500 of a 700-step schedule); image phase
+# 9: 800 steps with the input view given clean (model.clean_input_view)
 python scripts/train_mv.py --config configs/toy_t2mv_v9.yaml
+python scripts/train_mv.py --config configs/toy_i2mv_v9.yaml
 
 # the two model folders (fp16, DPM-Solver++ at 20 steps; --share-with links any component identical
 # to the text folder's)
 python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v9/final \
     --reconstructor runs/t2mv_phase8/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 2 \
     --sampler dpmsolver++ --steps 20
-python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v6/final --vae runs/i2mv_phase5/vae \
-    --reconstructor runs/i2mv_phase5/reconstructor --out "$OUT/i2mv" --resolution 64 \
-    --timestep-spacing trailing --sampler dpmsolver++ --steps 20 --share-with "$OUT/t2mv"
+python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v9/final --vae runs/i2mv_phase6/vae \
+    --reconstructor runs/i2mv_phase6/reconstructor --out "$OUT/i2mv" --resolution 64 \
+    --timestep-spacing trailing --sampler dpmsolver++ --steps 20 --clean-input-view --share-with "$OUT/t2mv"
 echo "rebuilt: $OUT/t2mv $OUT/i2mv (compare with data/embedded)"

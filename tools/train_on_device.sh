@@ -65,7 +65,7 @@ for name in "${NAMES[@]}"; do
     echo "$name: exit $status after $((SECONDS - start)) s, ${steps:-0} steps" >> "$SUMMARY"
     [ "$status" = 0 ] || continue
     case $name in
-        i2mv) export_args=(--task image --timestep-spacing trailing) ;;
+        i2mv) export_args=(--task image --timestep-spacing trailing --clean-input-view) ;;
         *) export_args=(--task text --guidance 2) ;;
     esac
     export_args+=(--vae "${BASE[$name]}/vae" --reconstructor "${BASE[$name]}/reconstructor"
