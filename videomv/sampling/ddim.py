@@ -129,14 +129,19 @@ def model_output_from(scheduler: DDIMScheduler, z0: torch.Tensor, eps: torch.Ten
     return a.sqrt() * eps - (1 - a).sqrt() * z0  # v_prediction
 
 
+def _repeated_known(known: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`known` (b, C, k, h, w) checked against latents `like` (B, C, F, h, w) and repeated to B."""
+    if known.ndim != 5 or like.shape[0] % known.shape[0] or known.shape[1] != like.shape[1] \
+            or known.shape[2] >= like.shape[2] or known.shape[3:] != like.shape[3:]:
+        raise ValueError(f"known views: expected (b, C, k, h, w) with b dividing {like.shape[0]} and k < "
+                         f"{like.shape[2]} views for latents {tuple(like.shape)}, got {tuple(known.shape)}")
+    return known.to(like).repeat(like.shape[0] // known.shape[0], 1, 1, 1, 1)
+
+
 def with_known_views(z0: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """`z0` (B, C, F, h, w) with its first k views set to `known` (b, C, k, h, w); b divides B, as
     when guidance stacks [uncond; cond]: every branch takes the same known views."""
-    if known.ndim != 5 or z0.shape[0] % known.shape[0] or known.shape[1] != z0.shape[1] \
-            or known.shape[2] >= z0.shape[2] or known.shape[3:] != z0.shape[3:]:
-        raise ValueError(f"known views: expected (b, C, k, h, w) with b dividing {z0.shape[0]} and k < "
-                         f"{z0.shape[2]} views for latents {tuple(z0.shape)}, got {tuple(known.shape)}")
-    known = known.to(z0).repeat(z0.shape[0] // known.shape[0], 1, 1, 1, 1)
+    known = _repeated_known(known, z0)
     return torch.cat([known, z0[:, :, known.shape[2]:]], dim=2)
 
 
@@ -145,8 +150,8 @@ def output_with_known_views(scheduler, model_output: torch.Tensor, latents: torc
     """The model output for `latents` at t with the first views' entries replaced by those that
     predict z0 = `known` (see `with_known_views`), noise consistent with their latents: any sampler
     stepping on it keeps those views on the path that ends exactly at `known`."""
-    views = known.shape[2]
-    z0 = with_known_views(z0_and_eps(scheduler, model_output, latents, t)[0], known)[:, :, :views]
+    z0 = _repeated_known(known, model_output)
+    views = z0.shape[2]
     eps = eps_from_z0(scheduler, z0, latents[:, :, :views], t)
     return torch.cat([model_output_from(scheduler, z0, eps, t), model_output[:, :, views:]], dim=2)
 

@@ -93,6 +93,14 @@ class VideoMVSettings:
         return c2w @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0])).to(c2w)
 
     @classmethod
+    def read(cls, folder: str | Path) -> "VideoMVSettings":
+        """The settings of a model folder (its `videomv.json`)."""
+        settings_file = Path(folder) / SETTINGS_NAME
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{folder} is not a VideoMV model folder: {SETTINGS_NAME} is missing")
+        return cls(**json.loads(settings_file.read_text()))
+
+    @classmethod
     def for_task(cls, task: str, **overrides) -> "VideoMVSettings":
         """The release defaults of `task` (`videomv.defaults`), with `overrides` replacing some."""
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -174,10 +182,7 @@ class VideoMV:
                         torch_dtype: torch.dtype = torch.float32) -> "VideoMV":
         """Load a model folder (see the module docstring) onto `device`, computing in `torch_dtype`."""
         path = Path(path)
-        settings_file = path / SETTINGS_NAME
-        if not settings_file.is_file():
-            raise FileNotFoundError(f"{path} is not a VideoMV model folder: {SETTINGS_NAME} is missing")
-        settings = VideoMVSettings(**json.loads(settings_file.read_text()))
+        settings = VideoMVSettings.read(path)
         pipeline_cls = T2MVPipeline if settings.task == "text" else I2MVPipeline
         pipeline = pipeline_cls.from_pretrained(path, **dtype_kwargs(torch_dtype)).to(device)
         pipeline.set_progress_bar_config(disable=True)

@@ -124,7 +124,8 @@ class MultiViewTask(Task):
             raise ValueError(f"model.kind must be t2mv or i2mv, got {self.kind!r}")
         if self.kind == "t2mv" and cfg.data.get("image_dropout"):
             raise ValueError("data.image_dropout is for image -> MV (i2mv); the text model has no image condition")
-        if self.kind == "t2mv" and cfg.model.get("clean_input_view"):
+        self.clean_input_view = bool(cfg.model.get("clean_input_view", False))
+        if self.kind == "t2mv" and self.clean_input_view:
             raise ValueError("model.clean_input_view is for image -> MV (i2mv); the text model has no input view")
         device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
@@ -244,8 +245,8 @@ class MultiViewTask(Task):
                 # The condition is the first view of the orbit, given in [0, 1].
                 first = ((images[:, 0].float() + 1) / 2).clamp(0, 1).to(device)
                 cond = self.image_conditioner.encode(first, num_frames=latents.shape[2])
-            clean_view = bool(self.cfg.model.get("clean_input_view", False))
-            image = ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float(), clean_view)
+            image = ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float(),
+                                      self.clean_input_view)
             image_dropout = float(self.cfg.data.get("image_dropout", 0.0))
             if image_dropout > 0:
                 drop = torch.rand(bsz, device=device) < image_dropout
@@ -313,7 +314,7 @@ class MultiViewTask(Task):
                 out = pipe(image.to(self.accelerator.device), prompt=self.cfg.data.get("prompt", ""),
                            target_fps=int(self.cfg.model.get("fps", IMAGE.fps)),
                            unconditional_image=self.cfg.data.get("unconditional_image", "embedding"),
-                           clean_input_view=bool(self.cfg.model.get("clean_input_view", False)), **common)
+                           clean_input_view=self.clean_input_view, **common)
                 rows.append(torch.cat([image[None].cpu(), out.images[0].float().cpu()]))
         if rows:
             save_grid(torch.stack(rows), out_dir / "samples" / f"step_{step:06d}.png")

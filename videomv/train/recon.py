@@ -11,7 +11,6 @@ views (all, or N random) -> MSE(rgb) + MSE(alpha) + lambda * LPIPS (real weights
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,7 +65,7 @@ class ReconstructorTask(Task):
         self.clean_input_view = False  # an image generator trained with model.clean_input_view
         if self.source == "generator":
             self.generator = self._load_generator(cfg.generator).to(device)
-            self.clean_input_view = self._generator_settings(cfg.generator).get("clean_input_view", False)
+            self.clean_input_view = self._generator_settings(cfg.generator).clean_input_view
         self.lpips_weight = float(cfg.loss.get("lpips", 0.0))
         self.lpips = None
         if self.lpips_weight > 0:
@@ -98,11 +97,13 @@ class ReconstructorTask(Task):
         return pipe
 
     @staticmethod
-    def _generator_settings(gen_cfg: DictConfig) -> dict:
-        """The generator's `videomv.json` when generator.path is a VideoMV model folder, else {}
-        (a stage-1 run's pipeline folder: the release's sampling)."""
-        settings = resolve_path(gen_cfg.path) / "videomv.json"
-        return json.loads(settings.read_text()) if settings.is_file() else {}
+    def _generator_settings(gen_cfg: DictConfig):
+        """The generator's settings when generator.path is a VideoMV model folder, else its task's
+        release defaults (a stage-1 run's pipeline folder: the release's sampling)."""
+        from videomv.sampling.system import SETTINGS_NAME, VideoMVSettings
+
+        path = resolve_path(gen_cfg.path)
+        return VideoMVSettings.read(path) if (path / SETTINGS_NAME).is_file() else VideoMVSettings.for_task(gen_cfg.get("task", "text"))
 
     def trainable_models(self):
         return {"reconstructor": self.model}
