@@ -248,6 +248,50 @@ def test_latent_cache_matches_vae_and_is_reused(tmp_path, toy_root):
     assert path.stat().st_mtime_ns != stamp
 
 
+def test_image_latent_cache_gives_the_condition_the_images_give(tmp_path, toy_root):
+    """The image model trains from a latent cache: each view's CLIP embedding is cached beside its
+    posterior, and the condition of a cached batch (any view window) is the one its pixels give."""
+    from accelerate import Accelerator
+
+    from videomv.train.datasets import collate, latent_cache_key, take_views
+
+    image_model = [f"data.root={toy_root}", "image_encoder.init.hidden_size=16", "image_encoder.init.projection_dim=16",
+                   "text_encoder.init.num_layers=2", "model.clean_input_view=true", "data.cache_latents=true"]
+    AcceleratorState._reset_state(True)
+    cfg = load_config(REPO / "configs" / "toy_i2mv.yaml",
+                      TINY + image_model + [f"output_dir={tmp_path / 'run'}", "max_steps=2"], MultiViewConfig)
+    try:
+        summary = train(cfg, MultiViewTask, prepare=build_configured_world)
+        assert all(math.isfinite(h["loss"]) for h in summary["history"])
+        with safe_open(str(tmp_path / "run" / "latent_cache.safetensors"), framework="pt") as f:
+            assert f.get_slice("image_embeds").get_shape() == [len(f.get_tensor("mean")), 24, 16]
+
+        cfg = load_config(REPO / "configs" / "toy_i2mv.yaml",
+                          TINY + image_model + [f"output_dir={tmp_path / 'task'}"], MultiViewConfig)
+        task = MultiViewTask(cfg, Accelerator(cpu=True))
+        cached = collate([task.latents[i] for i in (0, 1)])
+        pixels = collate([task.train_dataset[i] for i in (0, 1)])
+        for index in (torch.arange(24), torch.arange(3, 7)):  # the whole orbit, and a window starting at view 3
+            from_cache = task.image_condition(take_views(cached, index), len(index))
+            from_pixels = task.image_condition(take_views(pixels, index), len(index))
+            torch.testing.assert_close(from_cache.image_embeddings, from_pixels.image_embeddings,
+                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(from_cache.image_latents, from_pixels.image_latents,
+                                       rtol=5e-3, atol=5e-3)  # the cache keeps the mean in fp16
+            assert from_cache.clean_input_view and from_cache.image_latents.shape[2] == len(index)
+        view_1_first = task.image_condition(take_views(cached, torch.arange(1, 25) % 24), 24)
+        view_0_first = task.image_condition(pixels, 24)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert (view_1_first.image_embeddings - view_0_first.image_embeddings).abs().max() > 1e-3  # the check can fail
+
+    key = latent_cache_key(task.vae, cfg.data, task.train_dataset, task.image_conditioner)
+    assert key != latent_cache_key(task.vae, cfg.data, task.train_dataset)
+    with torch.no_grad():
+        next(task.image_conditioner.image_encoder.parameters()).add_(1.0)  # a changed encoder is a new cache
+    assert latent_cache_key(task.vae, cfg.data, task.train_dataset, task.image_conditioner) != key
+
+
 def test_2d_images_mix_in_as_one_frame_batches(tmp_path, toy_root):
     from PIL import Image
 

@@ -220,6 +220,17 @@ def center_crop_resize(images: torch.Tensor, height: int, width: int) -> torch.T
     return images[..., top : top + height, left : left + width]
 
 
+def with_position_masks(latent: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B, C, h, w) scaled image latent -> (B, C, F, h, w): the latent followed by F-1 constant
+    frames k/(F-1), k = 1..F-1, marking frame positions (I2VGen-XL's image-latent input)."""
+    latents = latent.unsqueeze(2)
+    if num_frames > 1:
+        scales = torch.arange(1, num_frames, device=latents.device, dtype=latents.dtype) / (num_frames - 1)
+        masks = torch.ones_like(latents).expand(-1, -1, num_frames - 1, -1, -1) * scales.view(1, 1, -1, 1, 1)
+        latents = torch.cat([latents, masks], dim=2)
+    return latents
+
+
 class ImageConditioner(nn.Module):
     """CLIP image embedding + VAE image latents for the I2MV UNet, preprocessing done in torch.
 
@@ -281,12 +292,7 @@ class ImageConditioner(nn.Module):
         images = center_crop_resize(self.check_images(images), height, width)
         images = (images * 2 - 1).to(self.vae.dtype)
         latents = self.vae.encode(images).latent_dist.mode() * self.vae.config.scaling_factor
-        latents = latents.unsqueeze(2)
-        if num_frames > 1:
-            scales = torch.arange(1, num_frames, device=latents.device, dtype=latents.dtype) / (num_frames - 1)
-            masks = torch.ones_like(latents).expand(-1, -1, num_frames - 1, -1, -1) * scales.view(1, 1, -1, 1, 1)
-            latents = torch.cat([latents, masks], dim=2)
-        return latents
+        return with_position_masks(latents, num_frames)
 
     def encode(self, images: torch.Tensor, num_frames: int, height: int | None = None,
                width: int | None = None) -> ImageConditioning:

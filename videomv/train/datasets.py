@@ -66,9 +66,10 @@ def view_window(num_views: int, window: int, generator: torch.Generator | None =
 
 
 def take_views(batch: dict, index: torch.Tensor) -> dict:
-    """Restrict the per-frame entries (images, alphas, cameras, cached latents) of a batch to ``index``."""
+    """Restrict the per-frame entries (images, alphas, cameras, cached latents and image embeddings)
+    of a batch to ``index``."""
     out = dict(batch)
-    for key in ("images", "alphas", "cameras", "latent_mean", "latent_std"):
+    for key in ("images", "alphas", "cameras", "latent_mean", "latent_std", "image_embeds"):
         if key in out and torch.is_tensor(out[key]):
             out[key] = out[key][:, index]
     return out
@@ -174,12 +175,16 @@ class LatentCache(Dataset):
     changed VAE or dataset is never served stale latents. Latents are in VAE units (not yet scaled),
     held contiguous whether just encoded or read back.
 
+    With ``image_conditioner`` (the image model's frozen `ImageConditioner`) it also keeps each
+    view's CLIP image embedding, so that any view can be the input image without its pixels.
+
     An item the dataset cannot read (``load`` raises ``ItemError``) is left out and listed in
     ``skipped`` as ``(object id, reason)``; no other item takes its place. ``workers`` > 0 reads
     the items in that many processes (in order), while this one encodes.
     """
 
-    def __init__(self, dataset, vae, path: Path, key: str, device="cpu", chunk: int = 96, workers: int = 0):
+    def __init__(self, dataset, vae, path: Path, key: str, device="cpu", chunk: int = 96, workers: int = 0,
+                 image_conditioner=None):
         path = Path(path)
         self.path = path
         self.skipped: list[tuple[str, str]] = []
@@ -189,18 +194,19 @@ class LatentCache(Dataset):
                 if meta.get("key") == key:
                     self._load(f, meta)
                     return
-        self._build(dataset, vae, key, device, chunk, workers)
+        self._build(dataset, vae, key, device, chunk, workers, image_conditioner)
 
     def _load(self, f, meta: dict) -> None:
         self.mean, self.std = f.get_tensor("mean"), f.get_tensor("std")
         self.cameras = f.get_tensor("cameras")
+        self.image_embeds = f.get_tensor("image_embeds") if "image_embeds" in f.keys() else None
         self.captions = json.loads(meta["captions"])
         self.object_ids = json.loads(meta["object_ids"])
         self.skipped = [tuple(x) for x in json.loads(meta.get("skipped", "[]"))]
 
     @torch.no_grad()
-    def _build(self, dataset, vae, key: str, device, chunk: int, workers: int) -> None:
-        means, stds, cameras, captions, ids = [], [], [], [], []
+    def _build(self, dataset, vae, key: str, device, chunk: int, workers: int, image_conditioner) -> None:
+        means, stds, cameras, captions, ids, embeds = [], [], [], [], [], []
         items = DataLoader(_ItemOrError(dataset), batch_size=None, num_workers=workers,
                            prefetch_factor=4 if workers else None)
         for item in tqdm(items, total=len(dataset), desc="caching latents", unit="obj"):
@@ -210,6 +216,10 @@ class LatentCache(Dataset):
             parts = [vae.encode(x.to(device, vae.dtype)).latent_dist for x in item["images"].split(chunk)]
             means.append(torch.cat([p.mean for p in parts]).half().cpu().contiguous())
             stds.append(torch.cat([p.std for p in parts]).half().cpu().contiguous())
+            if image_conditioner is not None:  # (F, D): each view as the input image, in [0, 1]
+                views = ((item["images"].float() + 1) / 2).clamp(0, 1)
+                embeds.append(torch.cat([image_conditioner.image_embeddings(x.to(device))[:, 0].float().cpu()
+                                         for x in views.split(chunk)]))
             cameras.append(item["cameras"].float())
             captions.append(item["caption"])
             ids.append(item["object_id"])
@@ -218,8 +228,11 @@ class LatentCache(Dataset):
         self.mean = torch.stack(means).contiguous()
         self.std = torch.stack(stds).contiguous()
         self.cameras = torch.stack(cameras).contiguous()
+        self.image_embeds = torch.stack(embeds).contiguous() if embeds else None
         self.captions, self.object_ids = captions, ids
         tensors = {"mean": self.mean, "std": self.std, "cameras": self.cameras}
+        if self.image_embeds is not None:
+            tensors["image_embeds"] = self.image_embeds
         metadata = {"key": key, "captions": json.dumps(captions), "object_ids": json.dumps(ids),
                     "skipped": json.dumps(self.skipped)}
         atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -231,9 +244,12 @@ class LatentCache(Dataset):
         return self.captions[index]
 
     def __getitem__(self, index: int) -> dict:
-        return {"latent_mean": self.mean[index].float(), "latent_std": self.std[index].float(),
+        item = {"latent_mean": self.mean[index].float(), "latent_std": self.std[index].float(),
                 "cameras": self.cameras[index], "caption": self.captions[index],
                 "object_id": self.object_ids[index], "has_cameras": True}
+        if self.image_embeds is not None:
+            item["image_embeds"] = self.image_embeds[index]
+        return item
 
 
 class _ItemOrError(Dataset):
@@ -256,11 +272,18 @@ class _ItemOrError(Dataset):
             return {"object_id": item_id, "error": str(err)}
 
 
-def latent_cache_key(vae, data_cfg, dataset) -> str:
+def latent_cache_key(vae, data_cfg, dataset, image_conditioner=None) -> str:
+    """A hash of everything the cached tensors depend on: the VAE (and the image encoder with its
+    input size and normalisation, for the image model), the data settings and the object list."""
     h = hashlib.sha256()
-    for name, p in sorted(vae.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
+    modules = [vae] if image_conditioner is None else [vae, image_conditioner.image_encoder]
+    for module in modules:
+        for name, p in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    if image_conditioner is not None:
+        h.update(json.dumps([image_conditioner.image_size, image_conditioner.mean.flatten().tolist(),
+                             image_conditioner.std.flatten().tolist()]).encode())
     settings = {k: data_cfg.get(k) for k in ("root", "resolution", "background", "num_views", "caption_suffix")}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(json.dumps(list(getattr(dataset, "objects", []))).encode())

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from videomv.defaults import IMAGE, TEXT
 from videomv.io import atomic_directory, atomic_write
-from videomv.models.conditioning import ImageConditioning
+from videomv.models.conditioning import ImageConditioning, with_position_masks
 from videomv.models.denoise import MultiViewCondition, denoise
 from videomv.models.latents import vae_encode
 
@@ -159,15 +159,14 @@ class MultiViewTask(Task):
             self.train_dataset = build_multiview_dataset(cfg.data, "train")
             self.latents = None
             if cfg.data.get("cache_latents"):
-                if self.kind == "i2mv":
-                    raise ValueError("data.cache_latents is for text -> MV only (I2MV needs the input image)")
                 if cfg.get("object_weight"):
                     raise ValueError("object_weight needs each view's alpha, which data.cache_latents does not keep; "
                                      "set data.cache_latents=false")
-                key = latent_cache_key(self.vae, cfg.data, self.train_dataset)
+                key = latent_cache_key(self.vae, cfg.data, self.train_dataset, self.image_conditioner)
                 path = resolve_path(cfg.output_dir) / "latent_cache.safetensors"
                 self.latents = LatentCache(self.train_dataset, self.vae, path, key, device,
-                                           workers=int(cfg.dataloader.num_workers))
+                                           workers=int(cfg.dataloader.num_workers),
+                                           image_conditioner=self.image_conditioner)
         self.image_dataset = build_image_dataset(cfg.data.image_data, cfg.data) \
             if cfg.data.get("image_data") and cfg.data.image_data.get("probability", 0) > 0 else None
 
@@ -210,11 +209,9 @@ class MultiViewTask(Task):
         if "latent_mean" in batch:  # cached posterior: sample it here, (B, F, C, h, w) -> (B, C, F, h, w)
             mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
             latents = ((mean + std * randn_as(mean)) * self.scaling_factor).permute(0, 2, 1, 3, 4)
-            images = None
         else:
-            images = batch["images"]
             with torch.no_grad():
-                latents = vae_encode(self.vae, images, self.scaling_factor).float()
+                latents = vae_encode(self.vae, batch["images"], self.scaling_factor).float()
         bsz = latents.shape[0]
         noise = randn_as(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device)
@@ -242,11 +239,7 @@ class MultiViewTask(Task):
             prompt = self.cfg.data.get("prompt", "")
             with torch.no_grad():
                 context = self.encode_prompts([prompt] * bsz)
-                # The condition is the first view of the orbit, given in [0, 1].
-                first = ((images[:, 0].float() + 1) / 2).clamp(0, 1).to(device)
-                cond = self.image_conditioner.encode(first, num_frames=latents.shape[2])
-            image = ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float(),
-                                      self.clean_input_view)
+            image = self.image_condition(batch, latents.shape[2])
             image_dropout = float(self.cfg.data.get("image_dropout", 0.0))
             if image_dropout > 0:
                 drop = torch.rand(bsz, device=device) < image_dropout
@@ -264,6 +257,23 @@ class MultiViewTask(Task):
             weight = input_view_excluded(latents, weight)  # view 0 is given, not predicted
         loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"), weight)
         return loss, {"frames": float(latents.shape[2])}
+
+    @torch.no_grad()
+    def image_condition(self, batch: dict, num_frames: int) -> ImageConditioning:
+        """The image model's condition: the batch's first view is the input image. From a latent
+        cache it is that view's cached CLIP embedding and posterior mean (the mode the conditioner
+        encodes), so no pixels are needed."""
+        device = self.accelerator.device
+        if "image_embeds" in batch:
+            embeddings = batch["image_embeds"][:, :1].to(device).float()
+            latent = batch["latent_mean"][:, 0].to(device).float() * self.scaling_factor
+            return ImageConditioning(embeddings, with_position_masks(latent, num_frames), self.clean_input_view)
+        if "images" not in batch:
+            raise ValueError("image model: the batch has neither images nor cached image embeddings "
+                             f"(keys: {sorted(batch)})")
+        first = ((batch["images"][:, 0].float() + 1) / 2).clamp(0, 1).to(device)  # [-1, 1] -> [0, 1]
+        cond = self.image_conditioner.encode(first, num_frames=num_frames)
+        return ImageConditioning(cond.image_embeddings.float(), cond.image_latents.float(), self.clean_input_view)
 
     # -- validation: sample a few prompts (text) or validation objects (image), save a grid
     def build_pipeline(self, models):
