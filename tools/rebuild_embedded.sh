@@ -4,7 +4,7 @@
 # is made by an earlier command here, never read from data/embedded. The result goes to $OUT
 # (default runs/embedded); data/embedded is left as it is.
 #
-#   bash tools/rebuild_embedded.sh            # about 24 hours on one core
+#   bash tools/rebuild_embedded.sh            # about 25 hours on one core
 #
 # Phases that continue an exported model start from its fp16 model folder (loaded as float32), as the
 # embedded models did. `stop_at` ends a run at a step of a longer schedule (checkpoint and export);
@@ -105,11 +105,16 @@ python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v6/final -
 # 9: 800 steps with the input view given clean (model.clean_input_view)
 python scripts/train_mv.py --config configs/toy_t2mv_v9.yaml
 python scripts/train_mv.py --config configs/toy_i2mv_v9.yaml
+# text phase 9 as a model folder, what text phase 11 starts from: 800 more steps on a fresh schedule
+python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v9/final \
+    --reconstructor runs/t2mv_phase8/reconstructor --out runs/t2mv_phase9 --resolution 64 --guidance 2 \
+    --sampler dpmsolver++ --steps 20
+python scripts/train_mv.py --config configs/toy_t2mv_v11.yaml
 
 # the two model folders (fp16, DPM-Solver++ at 20 steps; --share-with links any component identical
 # to the text folder's)
-python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v9/final \
-    --reconstructor runs/t2mv_phase8/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 2 \
+python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v11/final \
+    --reconstructor runs/t2mv_phase9/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 1.5 \
     --sampler dpmsolver++ --steps 20
 python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v9/final --vae runs/i2mv_phase6/vae \
     --reconstructor runs/i2mv_phase6/reconstructor --out "$OUT/i2mv" --resolution 64 \
