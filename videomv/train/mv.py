@@ -266,7 +266,8 @@ class MultiViewTask(Task):
         device = self.accelerator.device
         if "image_embeds" in batch:
             embeddings = batch["image_embeds"][:, :1].to(device).float()
-            latent = batch["latent_mean"][:, 0].to(device).float() * self.scaling_factor
+            # scaled as `ImageConditioner` scales it (and sampling does): by the VAE's own factor
+            latent = batch["latent_mean"][:, 0].to(device).float() * self.vae.config.scaling_factor
             return ImageConditioning(embeddings, with_position_masks(latent, num_frames), self.clean_input_view)
         if "images" not in batch:
             raise ValueError("image model: the batch has neither images nor cached image embeddings "
