@@ -841,6 +841,43 @@ def test_input_perturbation_adds_independent_noise_of_scale_gamma():
         tiny_config("input_perturbation=-1")
 
 
+def test_timestep_bias_draws_its_share_from_the_noisy_end():
+    from videomv.train.diffusion import sample_timesteps
+
+    torch.manual_seed(0)
+    plain = torch.randint(0, 1000, (64,))
+    torch.manual_seed(0)
+    assert torch.equal(sample_timesteps(1000, 64), plain)  # off: the same draw as before the option
+    torch.manual_seed(0)
+    t = sample_timesteps(1000, 200_000, later_share=0.5, later_from=600)
+    assert 0 <= t.min().item() and t.max().item() <= 999
+    # half from [600, 1000), half uniform (of which 40 % land there too): 0.5 + 0.5 x 0.4 = 0.7
+    assert (t >= 600).float().mean().item() == pytest.approx(0.7, abs=0.005)
+    assert (t < 600).float().mean().item() == pytest.approx(0.3, abs=0.005)
+    assert sample_timesteps(1000, 1000, later_share=1.0, later_from=900).min().item() >= 900
+    with pytest.raises(ValueError, match="timestep_bias.share"):
+        sample_timesteps(1000, 4, later_share=1.5)
+    with pytest.raises(ValueError, match="timestep_bias.start"):
+        sample_timesteps(1000, 4, later_share=0.5, later_from=1000)
+    with pytest.raises(ValueError, match="timestep_bias.share"):
+        tiny_config("timestep_bias.share=-0.1")
+
+
+def test_timestep_bias_reaches_the_training_step(tmp_path, toy_root, monkeypatch):
+    import videomv.train.mv as mv_module
+
+    seen = []
+    real = mv_module.diffusion_loss
+
+    def spy(pred, target, scheduler, timesteps, gamma=None, weight=None):
+        seen.append(timesteps.clone())
+        return real(pred, target, scheduler, timesteps, gamma, weight)
+
+    monkeypatch.setattr(mv_module, "diffusion_loss", spy)
+    run(tmp_path, toy_root, "max_steps=3", "timestep_bias.share=1", "timestep_bias.start=950")
+    assert len(seen) == 3 and all(t.min().item() >= 950 for t in seen)
+
+
 def test_input_view_excluded_leaves_view_0_out_of_the_loss_by_hand():
     from videomv.train.losses import input_view_excluded
 

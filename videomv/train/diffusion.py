@@ -41,6 +41,23 @@ def randn_as(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
+def sample_timesteps(num_train_timesteps: int, batch_size: int, device=None, later_share: float = 0.0,
+                     later_from: int = 0) -> torch.Tensor:
+    """Training timesteps, uniform over [0, T); with ``later_share`` > 0 that share of them is drawn
+    uniformly from [later_from, T) instead. The noisy end is where only the condition decides colours
+    and layout, so a phase can spend more of its steps there. Share 0 draws exactly what plain
+    uniform sampling draws (one ``randint``), so runs without the bias are unchanged."""
+    if not 0.0 <= later_share <= 1.0:
+        raise ValueError(f"timestep_bias.share: expected a probability in [0, 1], got {later_share}")
+    if not 0 <= later_from < num_train_timesteps:
+        raise ValueError(f"timestep_bias.start: expected an integer in [0, {num_train_timesteps - 1}], got {later_from}")
+    timesteps = torch.randint(0, num_train_timesteps, (batch_size,), device=device)
+    if later_share:
+        later = torch.randint(int(later_from), num_train_timesteps, (batch_size,), device=device)
+        timesteps = torch.where(torch.rand(batch_size, device=device) < later_share, later, timesteps)
+    return timesteps
+
+
 def perturbed_noise(noise: torch.Tensor, gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The noise that goes into the UNet's input under input perturbation (DDPM-IP, Ning et al.
     2023): eps + gamma * xi with fresh xi, while the loss target keeps eps. The model then learns to

@@ -22,7 +22,7 @@ from videomv.models.latents import vae_encode
 
 from .datasets import (LatentCache, MixedStream, build_image_dataset, caption_repeats, latent_cache_key, build_multiview_dataset, drop_text, make_stream,
                        read_prompts, resolve_path, take_views, view_window)
-from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as,
+from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as, sample_timesteps,
                         warn_min_snr_high_noise)
 from .engine import Task
 from .losses import diffusion_loss, input_view_excluded, object_weights
@@ -214,7 +214,9 @@ class MultiViewTask(Task):
                 latents = vae_encode(self.vae, batch["images"], self.scaling_factor).float()
         bsz = latents.shape[0]
         noise = randn_as(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device)
+        bias = self.cfg.get("timestep_bias") or {}
+        timesteps = sample_timesteps(self.noise_scheduler.config.num_train_timesteps, bsz, device,
+                                     float(bias.get("share", 0.0)), int(bias.get("start", 0)))
         gamma = float(self.cfg.get("input_perturbation") or 0.0)
         noisy = self.noise_scheduler.add_noise(latents, perturbed_noise(noise, gamma), timesteps)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)

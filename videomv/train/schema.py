@@ -153,6 +153,12 @@ class NoiseSchedulerConfig:
 
 
 @dataclass
+class TimestepBiasConfig:
+    share: float = 0.0  # share of training timesteps drawn from [start, T) instead of [0, T); 0: off
+    start: int = 500
+
+
+@dataclass
 class VAESourceConfig:
     path: Optional[str] = None
     subfolder: Optional[str] = None
@@ -208,6 +214,7 @@ class MultiViewConfig(EngineConfig):
     min_snr_gamma: Optional[float] = None
     input_perturbation: float = 0.0  # DDPM-IP gamma: the UNet's input noise is eps + gamma * xi, the target eps
     object_weight: float = 0.0  # loss weight 1 + object_weight x alpha coverage per latent position
+    timestep_bias: TimestepBiasConfig = field(default_factory=TimestepBiasConfig)
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -314,6 +321,8 @@ RANGES = [
     ("data.image_data.probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("min_snr_gamma", lambda v: v is None or v > 0, "null or a number > 0"),
     ("input_perturbation", lambda v: v >= 0, "a number >= 0 (0: off)"),
+    ("timestep_bias.share", lambda v: 0 <= v <= 1, "a probability in [0, 1] (0: off)"),
+    ("timestep_bias.start", lambda v: v >= 0, "an integer >= 0, below the scheduler's num_train_timesteps"),
     ("inputs.source", lambda v: v in ("ground_truth", "generator"), "ground_truth or generator"),
     ("inputs.t_max", lambda v: 0 <= v <= 999, "an integer in [0, 999]"),
     ("inputs.views", lambda v: v in ("orthogonal", "random"), "orthogonal or random"),
