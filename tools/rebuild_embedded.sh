@@ -110,10 +110,15 @@ python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v9/final \
     --reconstructor runs/t2mv_phase8/reconstructor --out runs/t2mv_phase9 --resolution 64 --guidance 2 \
     --sampler dpmsolver++ --steps 20
 python scripts/train_mv.py --config configs/toy_t2mv_v11.yaml
+# text phase 11 as a model folder, what text phase 12 starts from: 1000 steps on 8-view windows
+python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v11/final \
+    --reconstructor runs/t2mv_phase9/reconstructor --out runs/t2mv_phase11 --resolution 64 --guidance 1.5 \
+    --sampler dpmsolver++ --steps 20
+python scripts/train_mv.py --config configs/toy_t2mv_v12.yaml
 
 # the two model folders (fp16, DPM-Solver++ at 20 steps; --share-with links any component identical
 # to the text folder's)
-python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v11/final \
+python tools/export_embedded.py --task text --pipeline runs/toy_t2mv_v12/final \
     --reconstructor runs/t2mv_phase9/reconstructor --out "$OUT/t2mv" --resolution 64 --guidance 1.5 \
     --sampler dpmsolver++ --steps 20
 python tools/export_embedded.py --task image --pipeline runs/toy_i2mv_v9/final --vae runs/i2mv_phase6/vae \

@@ -216,7 +216,7 @@ class MultiViewTask(Task):
         noise = randn_as(latents)
         bias = self.cfg.get("timestep_bias") or {}
         timesteps = sample_timesteps(self.noise_scheduler.config.num_train_timesteps, bsz, device,
-                                     float(bias.get("share", 0.0)), int(bias.get("start", 0)))
+                                     float(bias.get("share", 0.0)), int(bias.get("start", 500)))
         gamma = float(self.cfg.get("input_perturbation") or 0.0)
         noisy = self.noise_scheduler.add_noise(latents, perturbed_noise(noise, gamma), timesteps)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
