@@ -878,6 +878,49 @@ def test_timestep_bias_reaches_the_training_step(tmp_path, toy_root, monkeypatch
     assert len(seen) == 3 and all(t.min().item() >= 950 for t in seen)
 
 
+def test_lr_scale_moves_each_model_at_its_own_rate_on_adams_first_step():
+    from videomv.train.engine import param_groups
+
+    torch.manual_seed(0)
+    models = {"unet": torch.nn.Linear(3, 2), "text_encoder": torch.nn.Linear(2, 2)}
+    models["unet"].bias.requires_grad_(False)  # frozen parameters stay out of every group
+    before = {n: {k: p.detach().clone() for k, p in m.named_parameters()} for n, m in models.items()}
+    opt = torch.optim.AdamW(param_groups(models, 1e-2, {"text_encoder": 5.0}), lr=1e-2, weight_decay=0.0)
+    sum(m(torch.randn(4, 3 if n == "unet" else 2)).sum() for n, m in models.items()).backward()
+    opt.step()
+    # Adam's first step moves every element by lr * g / |g| (eps aside): exactly the group's rate
+    for name, rate in (("unet", 1e-2), ("text_encoder", 5e-2)):
+        for key, p in models[name].named_parameters():
+            moved = (p.detach() - before[name][key]).abs()
+            expected = torch.full_like(moved, rate) if p.requires_grad else torch.zeros_like(moved)
+            torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-8)
+    plain = param_groups(models, 1e-2, {})  # no scales: the single group runs always had
+    assert len(plain) == 1 and plain[0]["lr"] == 1e-2 and len(plain[0]["params"]) == 3
+    with pytest.raises(ValueError, match="optimizer.lr_scale: no trainable model named 'image_encoder'"):
+        param_groups(models, 1e-2, {"image_encoder": 2.0})
+    with pytest.raises(ValueError, match="optimizer.lr_scale"):
+        tiny_config("optimizer.lr_scale={text_encoder: -1}")
+
+
+def test_lr_scale_reaches_the_text_encoder_in_training(tmp_path, toy_root, monkeypatch):
+    import videomv.train.engine as engine_module
+
+    made = []
+    real = engine_module.param_groups
+
+    def spy(models, lr, lr_scale):
+        groups = real(models, lr, lr_scale)
+        made.append({name: (g["lr"], {id(p) for p in g["params"]}) for name, g in zip(models, groups)})
+        made[-1]["ids"] = {name: {id(p) for p in m.parameters() if p.requires_grad} for name, m in models.items()}
+        return groups
+
+    monkeypatch.setattr(engine_module, "param_groups", spy)
+    run(tmp_path, toy_root, "max_steps=1", "optimizer.lr_scale={text_encoder: 4}")
+    (groups,) = made
+    assert groups["unet"][0] == pytest.approx(1e-3) and groups["text_encoder"][0] == pytest.approx(4e-3)
+    assert groups["unet"][1] == groups["ids"]["unet"] and groups["text_encoder"][1] == groups["ids"]["text_encoder"]
+
+
 def test_input_view_excluded_leaves_view_0_out_of_the_loss_by_hand():
     from videomv.train.losses import input_view_excluded
 

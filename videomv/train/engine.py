@@ -102,6 +102,23 @@ def _skipped_entry(entry) -> dict:
     return {"id": str(entry), "reason": ""}
 
 
+def param_groups(models: dict[str, torch.nn.Module], lr: float, lr_scale) -> list[dict]:
+    """The trainable parameters of `models` as AdamW parameter groups: one group at `lr` without
+    `lr_scale` (what runs and their checkpoints always had), else one group per model, each at
+    `lr` times its factor in `lr_scale` ({model name: factor}, 1 for models not named)."""
+    lr_scale = dict(lr_scale)
+    unknown = sorted(set(lr_scale) - set(models))
+    if unknown:
+        raise ValueError(f"optimizer.lr_scale: no trainable model named {', '.join(map(repr, unknown))}; "
+                         f"this run trains {', '.join(models)}")
+    groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr * float(lr_scale.get(name, 1.0))}
+              for name, m in models.items()]
+    groups = [g for g in groups if g["params"]]
+    if not lr_scale:
+        return [{"params": [p for g in groups for p in g["params"]], "lr": lr}]
+    return groups
+
+
 def parameter_checksum(models: dict[str, torch.nn.Module]) -> str:
     """sha256 over all parameters (name order, float32 bytes): equal iff the weights are equal."""
     h = hashlib.sha256()
@@ -316,8 +333,8 @@ class Trainer:
         if not self.params:
             raise ValueError("the task exposes no trainable parameters")
         oc = cfg.optimizer
-        optimizer = torch.optim.AdamW(self.params, lr=float(oc.lr), betas=tuple(oc.betas),
-                                      weight_decay=float(oc.weight_decay), eps=float(oc.eps))
+        optimizer = torch.optim.AdamW(param_groups(models, float(oc.lr), oc.get("lr_scale") or {}), lr=float(oc.lr),
+                                      betas=tuple(oc.betas), weight_decay=float(oc.weight_decay), eps=float(oc.eps))
         sc = cfg.lr_scheduler
         self.lr_scheduler = get_scheduler(sc.name, optimizer, num_warmup_steps=int(sc.warmup_steps),
                                           num_training_steps=int(cfg.max_steps))

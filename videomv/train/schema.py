@@ -21,6 +21,9 @@ class OptimizerConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     eps: float = 1e-8
+    # {trainable model name: factor}: that model's parameters learn at factor x lr (e.g. a text
+    # encoder trained beside the UNet); models not named learn at lr
+    lr_scale: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -299,6 +302,7 @@ RANGES = [
     ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
     ("optimizer.eps", _positive, "a number > 0"),
     ("optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("optimizer.lr_scale", lambda v: all(_positive(f) for f in v.values()), "{model name: factor > 0}"),
     ("lr_scheduler.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
     ("ema.decay", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("ema.update_after_step", lambda v: v >= 0, "an integer >= 0"),
