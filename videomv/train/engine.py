@@ -329,12 +329,13 @@ class Trainer:
         models = self.task.trainable_models()
         if cfg.gradient_checkpointing:
             self.task.enable_gradient_checkpointing()
-        self.params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
+        oc = cfg.optimizer
+        groups = param_groups(models, float(oc.lr), oc.get("lr_scale") or {})
+        self.params = [p for g in groups for p in g["params"]]
         if not self.params:
             raise ValueError("the task exposes no trainable parameters")
-        oc = cfg.optimizer
-        optimizer = torch.optim.AdamW(param_groups(models, float(oc.lr), oc.get("lr_scale") or {}), lr=float(oc.lr),
-                                      betas=tuple(oc.betas), weight_decay=float(oc.weight_decay), eps=float(oc.eps))
+        optimizer = torch.optim.AdamW(groups, lr=float(oc.lr), betas=tuple(oc.betas),
+                                      weight_decay=float(oc.weight_decay), eps=float(oc.eps))
         sc = cfg.lr_scheduler
         self.lr_scheduler = get_scheduler(sc.name, optimizer, num_warmup_steps=int(sc.warmup_steps),
                                           num_training_steps=int(cfg.max_steps))
