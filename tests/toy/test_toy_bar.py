@@ -219,6 +219,23 @@ def test_vae_round_trip_row_scores_the_decoded_ground_truth(toy_root):
     assert 20.0 - 1e-4 <= vae_round_trip_row(RoundTrip(shift=0.1), toy_root, oid).psnr < 21.0
 
 
+def test_vae_round_trip_row_adds_the_latent_noise_it_is_given(toy_root):
+    from videomv.models.latents import smooth_noise
+    from videomv.toy.bar import object_views, vae_round_trip_row
+
+    oid = first_object(toy_root)
+    model = RoundTrip()
+    _, _, truth = object_views(model, toy_root, oid)
+    noisy = vae_round_trip_row(model, toy_root, oid, latent_noise=0.05, seed=7, noise_cell=2)
+    # identity VAE: the views are truth + 0.05 x the same smooth noise, clipped to [0, 1]
+    noise = smooth_noise((1, 3, len(truth), RES, RES), 2, torch.Generator().manual_seed(7))
+    expected = (truth + 0.05 * noise[0].permute(1, 0, 2, 3)).clamp(0, 1)
+    mse = ((expected - truth) ** 2).flatten(1).mean(1)
+    assert noisy.psnr == pytest.approx(float((-10 * torch.log10(mse)).mean()), rel=1e-5)
+    assert 24.0 < noisy.psnr < 28.0  # 0.05 std: 26 dB less what clipping at 0 and 1 removes
+    assert vae_round_trip_row(model, toy_root, oid, latent_noise=0.05, seed=8, noise_cell=2).psnr != noisy.psnr
+
+
 def test_training_captions_are_the_train_splits(toy_root):
     import json
 

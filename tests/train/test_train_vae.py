@@ -125,7 +125,7 @@ def test_decoder_only_phase_keeps_the_latent_space(first_phase, config):
 class RecordInput(torch.nn.Module):
     """Stands in for `Autoencode`: keeps the images it is given, reconstructs them exactly."""
 
-    def forward(self, x):
+    def forward(self, x, latent_noise=0.0, cell=4):
         self.seen = x
         return x, torch.zeros(1), torch.zeros(1)
 
@@ -153,3 +153,28 @@ def test_decoder_trains_on_its_backgrounds_even_one_unlike_the_datasets(first_ph
         assert matches and matches <= set(backgrounds), (backgrounds, matches)
     if backgrounds == ["white"]:
         assert (x[:, :, 0, 0] > 0.99).all()  # a corner pixel is background: white is 1 in [-1, 1]
+
+
+def test_latent_noise_is_smooth_and_relative_to_the_latents_spread():
+    from videomv.models.latents import smooth_noise
+    from videomv.train.vae import Autoencode
+
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4,
+                        sample_size=16).eval()
+    seen = []
+    vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.manual_seed(5)
+    _, mean, _ = Autoencode(vae)(x, latent_noise=0.5, cell=4)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.sample()  # the same posterior sample, then the noise drawn after it
+        expected = z + 0.5 * z.std() * smooth_noise(z.shape, 4)
+        torch.testing.assert_close(seen[0], vae.post_quant_conv(expected))
+    _, mean_plain, _ = Autoencode(vae)(x)
+    torch.testing.assert_close(mean_plain, mean)  # the encoder's output is unchanged: noise is the decoder's
+    with pytest.raises(ValueError, match="latent_noise"):
+        load_config(REPO / "configs" / "toy_vae_robust.yaml", ["latent_noise=-0.1"], VAEConfig)
+    with pytest.raises(ValueError, match="latent_noise_cell"):
+        load_config(REPO / "configs" / "toy_vae_robust.yaml", ["latent_noise_cell=0"], VAEConfig)

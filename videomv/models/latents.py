@@ -25,3 +25,22 @@ def vae_decode(vae: AutoencoderKL, latents: torch.Tensor, scaling_factor: float)
     b, _, f = latents.shape[:3]
     flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / scaling_factor
     return vae.decode(flat.to(vae.dtype)).sample.unflatten(0, (b, f))
+
+
+def smooth_noise(shape: tuple[int, ...], cell: int, generator: torch.Generator | None = None,
+                 device=None, dtype=None) -> torch.Tensor:
+    """Gaussian noise of std 1 over the last two dims of `shape` that varies on the scale of `cell`
+    latent pixels: drawn on a grid `cell` times coarser, upsampled bilinearly, rescaled to std 1.
+
+    A diffusion model's errors are smooth like this (a whole part drawn a shade off), so a decoder
+    cannot average them away as it averages independent noise per latent pixel (`cell` 1)."""
+    if cell < 1:
+        raise ValueError(f"cell: expected an integer >= 1, got {cell}")
+    *lead, h, w = shape
+    coarse = torch.randn((*lead, -(-h // cell), -(-w // cell)), generator=generator)
+    if cell > 1:
+        flat = coarse.reshape(-1, 1, *coarse.shape[-2:])
+        coarse = torch.nn.functional.interpolate(flat, size=(h, w), mode="bilinear", align_corners=False)
+        coarse = coarse.reshape(*lead, h, w)
+        coarse = coarse / coarse.std()
+    return coarse.to(device=device, dtype=dtype)

@@ -20,6 +20,7 @@ import torch
 from videomv.data.common import composite as data_composite
 from videomv.eval.metrics import psnr
 from videomv.models.denoise import MultiViewCondition, denoise
+from videomv.models.latents import smooth_noise
 
 from . import world as toyworld
 from .parts import PartScore, score_parts
@@ -106,12 +107,22 @@ def image_bar_row(model, root, object_id: str, seed: int = 0, three_d_aware: boo
 
 
 @torch.no_grad()
-def vae_round_trip_row(model, root, object_id: str) -> ImageBarRow:
+def vae_round_trip_row(model, root, object_id: str, latent_noise: float = 0.0, seed: int = 0,
+                       noise_cell: int = 4) -> ImageBarRow:
     """The object's ground-truth views encoded and decoded by the model's VAE, scored as generated
-    views are: the best any sample of this model can reach, so the ceiling of the part scores."""
+    views are: the best any sample of this model can reach, so the ceiling of the part scores.
+
+    `latent_noise` s adds s x smooth N(0, 1) noise (`smooth_noise` over `noise_cell` latent pixels,
+    drawn from `seed`) to the scaled latents before decoding: the scores of a sample whose latents
+    are off by a smooth error of that size, in the unit a diffusion model's error has in these
+    latents (their std is 1 by the VAE's scaling factor)."""
     s = model.settings
     obj, cams, truth = object_views(model, root, object_id)
-    views = model.decode(model.encode(truth[None].to(model.pipeline.unet.dtype)))[0].float().cpu()
+    latents = model.encode(truth[None].to(model.pipeline.unet.dtype))
+    if latent_noise:
+        noise = smooth_noise(latents.shape, noise_cell, torch.Generator().manual_seed(seed))
+        latents = latents + latent_noise * noise.to(latents)
+    views = model.decode(latents)[0].float().cpu()
     return ImageBarRow(object_id, obj.caption, mean_psnr(views, truth), score_parts(views, obj, cams, s.fovy, s.background))
 
 

@@ -280,6 +280,8 @@ class VAEConfig(EngineConfig):
     reconstruction_loss: str = "l1"  # l1 | mse
     kl_weight: float = 1e-6
     object_weight: float = 0.0  # reconstruction error weight 1 + object_weight x alpha per pixel
+    latent_noise: float = 0.0  # decode latents + latent_noise x (batch latent std) x smooth N(0, 1)
+    latent_noise_cell: int = 4  # the noise varies over this many latent pixels (1: independent)
     train_encoder: bool = True
     backgrounds: Optional[List[Any]] = None  # names or (r, g, b) triples
 
@@ -337,5 +339,7 @@ RANGES = [
     ("views_per_object", lambda v: v >= 1, "an integer >= 1"),
     ("reconstruction_loss", lambda v: v in ("l1", "mse"), "l1 or mse"),
     ("kl_weight", lambda v: v >= 0, "a number >= 0"),
+    ("latent_noise", lambda v: v >= 0, "a number >= 0"),
+    ("latent_noise_cell", lambda v: v >= 1, "an integer >= 1"),
     ("object_weight", lambda v: v >= 0, "a number >= 0"),
 ]

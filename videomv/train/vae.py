@@ -3,7 +3,10 @@
 Options: ``vae.path`` starts from a saved VAE instead of ``vae.init``; ``train_encoder: false``
 trains the decoder only, so the latent space (and every diffusion model trained on it) stays
 valid; ``object_weight`` w weighs each pixel's reconstruction error by 1 + w x alpha, so small
-coloured parts are not outweighed by the background; ``backgrounds`` (names or rgb triples)
+coloured parts are not outweighed by the background; ``latent_noise`` s adds smooth Gaussian noise
+(`smooth_noise`, varying over ``latent_noise_cell`` latent pixels) of s times the batch's latent std
+to every latent the decoder reads, so the encoder has to keep what tells colours apart further
+apart than a diffusion model's error in that latent space; ``backgrounds`` (names or rgb triples)
 re-composites each training image on one of them at random, using the alpha the dataset returns,
 and validation reports PSNR per background.
 
@@ -22,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from videomv.data.common import parse_background
 from videomv.io import atomic_directory
+from videomv.models.latents import smooth_noise
 
 from .config import resolve_path
 from .datasets import build_multiview_dataset, make_stream
@@ -55,9 +59,14 @@ class Autoencode(torch.nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, latent_noise: float = 0.0, cell: int = 1):
         posterior = self.vae.encode(x).latent_dist
-        return self.vae.decode(posterior.sample()).sample, posterior.mean, posterior.logvar
+        z = posterior.sample()
+        if latent_noise:
+            # Relative to the batch's own spread (not detached), so scaling every latent up or down
+            # cannot outgrow the noise: only how far apart the encoder keeps things counts.
+            z = z + latent_noise * z.std() * smooth_noise(z.shape, cell, device=z.device, dtype=z.dtype)
+        return self.vae.decode(z).sample, posterior.mean, posterior.logvar
 
 
 class VAETask(Task):
@@ -101,7 +110,8 @@ class VAETask(Task):
         x = images[:, idx].flatten(0, 1).to(self.accelerator.device)
         alphas = batch["alphas"][:, idx].flatten(0, 1).to(x.device)
         x = self.on_training_backgrounds(x, alphas)
-        recon, mean, logvar = models["vae"](x)
+        recon, mean, logvar = models["vae"](x, float(self.cfg.get("latent_noise", 0.0)),
+                                            int(self.cfg.get("latent_noise_cell", 4)))
         object_weight = float(self.cfg.get("object_weight", 0.0))
         weight = 1 + object_weight * alphas if object_weight else None
         rec = reconstruction_loss(recon, x, self.cfg.get("reconstruction_loss", "l1"), weight)
