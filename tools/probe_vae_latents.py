@@ -2,7 +2,8 @@
 """How well a VAE's latent space keeps the toy palette's colours apart, for diffusion models that
 err in it: each palette colour's nearest other colour in the scaled latents (`videomv/toy/latent_space.py`),
 and the part scores of the ground truth's round trip with smooth Gaussian noise of each --noise
-size (varying over --noise-cell latent pixels) added to the scaled latents before decoding (`vae_round_trip_row`; 0 is the plain ceiling of the bar).
+size (varying over --noise-cell latent pixels) added to the scaled latents before decoding
+(`vae_round_trip_row`; noise 0 is the bar's ceiling).
 
     python tools/probe_vae_latents.py --vae runs/t2mv_phase12/vae runs/toy_vae_robust/vae --noise 0 0.2 0.4 --limit 32
 
@@ -21,16 +22,11 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from videomv.sampling.system import VideoMV
-from videomv.toy.bar import vae_round_trip_row
+from videomv.toy.bar import percent, vae_round_trip_row
 from videomv.toy.cli import add_toy_objects_args, prepare_data_root, toy_objects
 from videomv.toy.latent_space import nearest_colours, palette_latents
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def percent(hits) -> str:
-    hits = list(hits)
-    return f"{100 * sum(hits) / len(hits):.0f} % ({sum(hits)}/{len(hits)})" if hits else "n/a"
 
 
 def main(argv=None) -> None:
@@ -60,10 +56,10 @@ def main(argv=None) -> None:
 
     print("| VAE | noise | PSNR dB | parts in their colour, in place | parts drawn | layouts right |")
     print("|---|---|---|---|---|---|")
-    palettes = {}
+    palettes = []
     for path in args.vae:
-        model.pipeline.vae = AutoencoderKL.from_pretrained(path).to(dtype).eval()
-        palettes[path] = nearest_colours(palette_latents(model))
+        model.pipeline.vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype).eval()
+        palettes.append((path, nearest_colours(palette_latents(model))))
         for noise in args.noise:
             rows = [vae_round_trip_row(model, args.data_root, o, noise, args.seed + i, args.noise_cell)
                     for i, o in enumerate(tqdm(objects, desc=f"{path.name} noise {noise}"))]
@@ -73,9 +69,10 @@ def main(argv=None) -> None:
                   f"{percent(h for r in rows for h in r.parts.present)} | {percent(layouts)} |", flush=True)
 
     print("\nEach palette colour's nearest other colour in the scaled latents (distance):")
-    print("| VAE | " + " | ".join(next(iter(palettes.values()))) + " | smallest |")
-    print("|---|" + "---|" * (len(next(iter(palettes.values()))) + 1))
-    for path, nearest in palettes.items():
+    colours = list(palettes[0][1])
+    print("| VAE | " + " | ".join(colours) + " | smallest |")
+    print("|---|" + "---|" * (len(colours) + 1))
+    for path, nearest in palettes:
         cells = [f"{other} {d:.2f}" for other, d in nearest.values()]
         print(f"| {path} | " + " | ".join(cells) + f" | {min(d for _, d in nearest.values()):.2f} |")
 

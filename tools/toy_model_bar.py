@@ -20,16 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from videomv.sampling.system import VideoMV
-from videomv.toy.bar import gap_closed, image_bar_row, text_bar_row, training_captions, vae_round_trip_row
+from videomv.toy.bar import (gap_closed, image_bar_row, percent, text_bar_row, training_captions,
+                             vae_round_trip_row)
 from videomv.toy.cli import add_toy_objects_args, prepare_data_root, toy_objects
 from videomv.toy.references import toy_object_for
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def percent(hits) -> str:
-    hits = list(hits)
-    return f"{100 * sum(hits) / len(hits):.0f} % ({sum(hits)}/{len(hits)})" if hits else "n/a"
 
 
 def part_summary(rows, key: str) -> tuple[str, str]:

@@ -236,6 +236,14 @@ def test_vae_round_trip_row_adds_the_latent_noise_it_is_given(toy_root):
     assert vae_round_trip_row(model, toy_root, oid, latent_noise=0.05, seed=8, noise_cell=2).psnr != noisy.psnr
 
 
+def test_percent_counts_the_true_hits():
+    from videomv.toy.bar import percent
+
+    assert percent([True, False, True, True]) == "75 % (3/4)"
+    assert percent(h for h in [False]) == "0 % (0/1)"
+    assert percent([]) == "n/a"
+
+
 def test_training_captions_are_the_train_splits(toy_root):
     import json
 

@@ -67,6 +67,12 @@ class TextBarRow:
         return gap_closed(self.generated, self.floor, self.ceiling)
 
 
+def percent(hits) -> str:
+    """'75 % (3/4)' for the true share of `hits` (booleans), 'n/a' for none."""
+    hits = list(hits)
+    return f"{100 * sum(hits) / len(hits):.0f} % ({sum(hits)}/{len(hits)})" if hits else "n/a"
+
+
 def gap_closed(generated: float, floor: float, ceiling: float) -> float:
     """(generated - floor) / (ceiling - floor): 0 at the floor, 1 at the ceiling; NaN without a gap."""
     return (generated - floor) / (ceiling - floor) if ceiling > floor else float("nan")
