@@ -59,7 +59,7 @@ class Autoencode(torch.nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor, latent_noise: float = 0.0, cell: int = 1):
+    def forward(self, x: torch.Tensor, latent_noise: float = 0.0, cell: int = 4):
         posterior = self.vae.encode(x).latent_dist
         z = posterior.sample()
         if latent_noise:
