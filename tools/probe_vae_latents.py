@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How well a VAE's latent space keeps the toy palette's colours apart, for diffusion models that
-err in it: each palette colour's nearest other colour in the scaled latents (`videomv/toy/latent_space.py`),
-and the part scores of the ground truth's round trip with smooth Gaussian noise of each --noise
+err in it: each palette colour's nearest other colour in the scaled latents
+(`videomv/toy/latent_space.py`), and the part scores of the ground truth's round trip with smooth Gaussian noise of each --noise
 size (varying over --noise-cell latent pixels) added to the scaled latents before decoding
 (`vae_round_trip_row`; noise 0 is the bar's ceiling).
 
@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from videomv.sampling.system import VideoMV
-from videomv.toy.bar import percent, vae_round_trip_row
+from videomv.toy.bar import part_summary, vae_round_trip_row
 from videomv.toy.cli import add_toy_objects_args, prepare_data_root, toy_objects
 from videomv.toy.latent_space import nearest_colours, palette_latents
 
@@ -63,10 +63,10 @@ def main(argv=None) -> None:
         for noise in args.noise:
             rows = [vae_round_trip_row(model, args.data_root, o, noise, args.seed + i, args.noise_cell)
                     for i, o in enumerate(tqdm(objects, desc=f"{path.name} noise {noise}"))]
-            layouts = [r.parts.layout for r in rows if r.parts.layout is not None]
-            print(f"| {path} | {noise:g} | {statistics.mean(r.psnr for r in rows):.2f} | "
-                  f"{percent(h for r in rows for h in r.parts.in_place)} | "
-                  f"{percent(h for r in rows for h in r.parts.present)} | {percent(layouts)} |", flush=True)
+            in_place, layouts = part_summary(rows, "in_place")
+            present, _ = part_summary(rows, "present")
+            print(f"| {path} | {noise:g} | {statistics.mean(r.psnr for r in rows):.2f} | {in_place} | {present} | "
+                  f"{layouts} |", flush=True)
 
     print("\nEach palette colour's nearest other colour in the scaled latents (distance):")
     colours = list(palettes[0][1])

@@ -20,18 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from videomv.sampling.system import VideoMV
-from videomv.toy.bar import (gap_closed, image_bar_row, percent, text_bar_row, training_captions,
+from videomv.toy.bar import (gap_closed, image_bar_row, part_summary, text_bar_row, training_captions,
                              vae_round_trip_row)
 from videomv.toy.cli import add_toy_objects_args, prepare_data_root, toy_objects
 from videomv.toy.references import toy_object_for
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def part_summary(rows, key: str) -> tuple[str, str]:
-    """(parts right, layouts right) over rows, each a percentage with its count."""
-    return (percent(h for r in rows for h in getattr(r.parts, key)),
-            percent(r.parts.layout for r in rows if r.parts.layout is not None))
 
 
 def groups(rows, seen_captions):

@@ -244,6 +244,17 @@ def test_percent_counts_the_true_hits():
     assert percent([]) == "n/a"
 
 
+def test_part_summary_counts_parts_and_the_layouts_scored():
+    from videomv.toy.bar import part_summary
+    from videomv.toy.parts import PartScore
+
+    rows = [SimpleNamespace(parts=PartScore("stacked", ("red", "blue"), [True, False], [True, True], True)),
+            SimpleNamespace(parts=PartScore("single", ("green",), [True], [False], None))]
+    assert part_summary(rows, "in_place") == ("67 % (2/3)", "100 % (1/1)")  # single objects have no layout
+    assert part_summary(rows, "present") == ("67 % (2/3)", "100 % (1/1)")
+    assert part_summary(rows[1:], "present") == ("0 % (0/1)", "n/a")
+
+
 def test_training_captions_are_the_train_splits(toy_root):
     import json
 

@@ -73,6 +73,13 @@ def percent(hits) -> str:
     return f"{100 * sum(hits) / len(hits):.0f} % ({sum(hits)}/{len(hits)})" if hits else "n/a"
 
 
+def part_summary(rows, key: str) -> tuple[str, str]:
+    """(parts right, layouts right) over rows with `parts` (a PartScore), each a percentage with its
+    count; `key` names the part score: "in_place" or "present"."""
+    return (percent(h for r in rows for h in getattr(r.parts, key)),
+            percent(r.parts.layout for r in rows if r.parts.layout is not None))
+
+
 def gap_closed(generated: float, floor: float, ceiling: float) -> float:
     """(generated - floor) / (ceiling - floor): 0 at the floor, 1 at the ceiling; NaN without a gap."""
     return (generated - floor) / (ceiling - floor) if ceiling > floor else float("nan")

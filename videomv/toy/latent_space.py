@@ -14,11 +14,11 @@ from . import world
 
 
 @torch.no_grad()
-def palette_latents(model, size: int | None = None) -> dict[str, torch.Tensor]:
+def palette_latents(model) -> dict[str, torch.Tensor]:
     """{colour: (C,) scaled latent at the centre of a flat square of that colour}, each square half
-    the image side on the model's background, encoded by the model's VAE."""
+    the image side on the model's background at its resolution, encoded by the model's VAE."""
     s = model.settings
-    size = size or s.resolution
+    size = s.resolution
     background = torch.as_tensor(s.background, dtype=torch.float32).reshape(3, 1, 1)
     images = []
     for rgb in world.PALETTE.values():
