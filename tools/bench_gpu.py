@@ -381,12 +381,13 @@ def section_diffusers(scale: Scale, args, results, budget: "Budget") -> list[dic
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
     from videomv.geometry import orbit_cameras
+    from videomv.models.camera_unet import MULTIVIEW_CONFIG_KEYS
     from videomv.sampling import text_scheduler
 
     name = args.dtypes[0]
     model = build_system(scale, "text", DTYPES[name], with_reconstructor=False)
     pipe = model.pipeline
-    config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_") and not k.startswith("camera_")}
+    config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_") and k not in MULTIVIEW_CONFIG_KEYS}
     with torch.device("meta"):
         base = UNet3DConditionModel(**config)
     weights = {k: v for k, v in pipe.unet.state_dict().items() if not k.startswith("camera_embedding.")}

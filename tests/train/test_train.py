@@ -345,6 +345,7 @@ def test_config_overrides_and_errors(tmp_path):
     ("mixed_precision=fp8", r"'mixed_precision' must be one of no, fp16, bf16"),
     ("data.text_dropout=1.5", r"'data.text_dropout' must be a probability"),
     ("optimizer.lr=-1", r"'optimizer.lr' must be a number > 0"),
+    ("unet.ray_map_fovy=0", r"'unet.ray_map_fovy' must be null or a field of view in degrees in \(0, 180\)"),
     ("max_stepz=3", r"unknown config key 'max_stepz'.*'max_steps'"),
     ("optimizer.lrr=3", r"unknown config key 'optimizer.lrr'.*'optimizer.lr'"),
     ("data.windw=3", r"unknown config key 'data.windw'.*'data.window'"),

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..io import atomic_directory
+from ..models.camera_unet import MULTIVIEW_CONFIG_KEYS
 from ..models.conditioning import bundled_clip_tokenizer, uses_bundled_tokenizer
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
@@ -71,7 +72,7 @@ def unet_config(base: str, task: str) -> dict:
     cls = unet_class(task)
     config = dict(cls.base_class.load_config(base, subfolder="unet"))
     names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return {k: v for k, v in config.items() if k in names and k not in ("camera_dim", "camera_embed_dim")}
+    return {k: v for k, v in config.items() if k in names and k not in MULTIVIEW_CONFIG_KEYS}
 
 
 def build_camera_unet(release_unet: dict[str, torch.Tensor], config: dict, task: str, source: str):

@@ -15,7 +15,9 @@ def get_rays(c2w: torch.Tensor, height: int, width: int, fovy_deg: float):
     c2w = check_c2w(c2w)
     focal = focal_from_fov(fovy_deg, height)
     ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+        torch.arange(height, dtype=torch.float32, device=c2w.device),
+        torch.arange(width, dtype=torch.float32, device=c2w.device),
+        indexing="ij",
     )
     # OpenGL camera: +x right, +y up, looking along -z; image rows grow downwards.
     dirs_cam = torch.stack(

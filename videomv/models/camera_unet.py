@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device
+from torch import nn
 
+from ..geometry.rays import plucker_rays
 from .camera_embedding import CameraEmbedding, camera_vectors
 
 
@@ -26,6 +28,10 @@ def timestep_batch(timestep, batch_size: int, device) -> torch.Tensor:
     return timestep.expand(batch_size)
 
 
+# Config keys the camera UNets add to their diffusers base class.
+MULTIVIEW_CONFIG_KEYS = ("camera_dim", "camera_embed_dim", "ray_map_fovy")
+
+
 class CameraConditionedMixin:
     """The shared part of the camera-conditioned UNets.
 
@@ -35,8 +41,10 @@ class CameraConditionedMixin:
 
     base_class: type = None
 
-    def init_camera_branch(self, camera_dim: int, camera_embed_dim: int | None, time_embed_dim: int) -> None:
-        """Create `camera_embedding`; its width is the time embedding's (4 x block_out_channels[0])."""
+    def init_camera_branch(self, camera_dim: int, camera_embed_dim: int | None, time_embed_dim: int,
+                           ray_map_fovy: float | None = None) -> None:
+        """Create `camera_embedding`; its width is the time embedding's (4 x block_out_channels[0]).
+        With `ray_map_fovy`, also the ray-map input (`add_ray_map`)."""
         if camera_embed_dim is not None and camera_embed_dim != time_embed_dim:
             raise ValueError(
                 f"camera_embed_dim must equal the time-embedding width 4 * block_out_channels[0] = {time_embed_dim}, "
@@ -44,6 +52,40 @@ class CameraConditionedMixin:
             )
         self.camera_embedding = CameraEmbedding(camera_dim, time_embed_dim)
         self.gradient_checkpointing = False
+        self.ray_map_in = None
+        if ray_map_fovy is not None:
+            self._create_ray_map_in(ray_map_fovy)
+
+    def _create_ray_map_in(self, fovy_deg) -> None:
+        if isinstance(fovy_deg, bool) or not isinstance(fovy_deg, (int, float)) or not 0 < fovy_deg < 180:
+            raise ValueError(f"ray_map_fovy: expected a vertical field of view in degrees in (0, 180), got {fovy_deg!r}")
+        self.ray_map_in = nn.Conv2d(6, self.conv_in.out_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.ray_map_in.weight)
+        nn.init.zeros_(self.ray_map_in.bias)
+
+    def add_ray_map(self, fovy_deg: float) -> None:
+        """Give every latent pixel its camera ray: the Plücker coordinates (o x d, d) of the ray
+        through it (`videomv.geometry.plucker_rays`, field of view `fovy_deg` over the latent
+        height) pass through a 3x3 conv that is added to conv_in's output. The per-frame camera
+        embedding says where a view looks from; the ray map also says which way each pixel looks,
+        so "on top" is a direction the UNet reads rather than infers from the image border. The conv
+        starts at zero, so a trained UNet is unchanged until the branch is trained."""
+        if self.ray_map_in is not None:
+            raise ValueError(f"this UNet already has a ray map (ray_map_fovy={self.config.ray_map_fovy})")
+        self._create_ray_map_in(fovy_deg)
+        self.ray_map_in.to(device=self.conv_in.weight.device, dtype=self.conv_in.weight.dtype)
+        self.register_to_config(ray_map_fovy=float(fovy_deg))
+
+    def ray_map(self, cameras: torch.Tensor, camera_mask, batch_size: int, num_frames: int, height: int,
+                width: int) -> torch.Tensor:
+        """(B * F, 6, H, W) Plücker ray map of each frame's camera, zero where `camera_mask` drops it."""
+        cameras = camera_vectors(cameras, batch_size, num_frames, self.config.camera_dim)
+        c2w = cameras.float().reshape(batch_size * num_frames, 4, 4)
+        rays = plucker_rays(c2w, height, width, self.config.ray_map_fovy)
+        if camera_mask is not None:
+            keep = torch.as_tensor(camera_mask, device=rays.device).float().repeat_interleave(num_frames)
+            rays = rays * keep[:, None, None, None]
+        return rays
 
     def time_embedding_of(self, timestep, batch_size: int, device, timestep_cond=None) -> torch.Tensor:
         """(B, D) embedding of the timestep(s)."""
@@ -114,6 +156,9 @@ class CameraConditionedMixin:
         # frames as batch: (B, C, F, H, W) -> (B * F, C, H, W)
         sample = sample.permute(0, 2, 1, 3, 4).reshape((batch_size * num_frames, -1, height, width))
         sample = self.conv_in(sample)
+        if self.ray_map_in is not None and cameras is not None:
+            rays = self.ray_map(cameras, camera_mask, batch_size, num_frames, height, width)
+            sample = sample + self.ray_map_in(rays.to(device=sample.device, dtype=sample.dtype))
         sample = self.transformer_in(
             sample, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
         )[0]

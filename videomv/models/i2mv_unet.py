@@ -51,6 +51,7 @@ class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
         num_attention_heads: int | tuple[int] | None = None,
         camera_dim: int = 16,
         camera_embed_dim: int | None = None,
+        ray_map_fovy: float | None = None,
     ):
         super().__init__(
             sample_size=sample_size,
@@ -65,7 +66,7 @@ class I2MVUNet(CameraConditionedMixin, I2VGenXLUNet):
             attention_head_dim=attention_head_dim,
             num_attention_heads=num_attention_heads,
         )
-        self.init_camera_branch(camera_dim, camera_embed_dim, block_out_channels[0] * 4)
+        self.init_camera_branch(camera_dim, camera_embed_dim, block_out_channels[0] * 4, ray_map_fovy)
 
     def context_embeddings(self, encoder_hidden_states, image_latents, image_embeddings) -> torch.Tensor:
         """Cross-attention context per sample: text tokens, tokens from the first image latent, and

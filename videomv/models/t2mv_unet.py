@@ -55,6 +55,7 @@ class T2MVUNet(CameraConditionedMixin, UNet3DConditionModel):
         time_cond_proj_dim: int | None = None,
         camera_dim: int = 16,
         camera_embed_dim: int | None = None,
+        ray_map_fovy: float | None = None,
     ):
         super().__init__(
             sample_size=sample_size,
@@ -74,7 +75,7 @@ class T2MVUNet(CameraConditionedMixin, UNet3DConditionModel):
             num_attention_heads=num_attention_heads,
             time_cond_proj_dim=time_cond_proj_dim,
         )
-        self.init_camera_branch(camera_dim, camera_embed_dim, block_out_channels[0] * 4)
+        self.init_camera_branch(camera_dim, camera_embed_dim, block_out_channels[0] * 4, ray_map_fovy)
 
     def forward(
         self,

@@ -64,16 +64,20 @@ def build_unet(model_cfg: DictConfig, kind: str):
     from videomv.models import I2MVUNet, T2MVUNet
 
     cls = T2MVUNet if kind == "t2mv" else I2MVUNet
+    subfolder = model_cfg.get("subfolder", "unet")
     if model_cfg.get("pretrained"):  # a multi-view UNet saved by this project (e.g. <run>/final)
-        subfolder = model_cfg.get("subfolder", "unet")
-        return cls.from_pretrained(local_or_hub(model_cfg.pretrained, subfolder, "unet.pretrained"), subfolder=subfolder)
-    if model_cfg.get("base"):
-        subfolder = model_cfg.get("subfolder", "unet")
-        return cls.from_base(local_or_hub(model_cfg.base, subfolder, "unet.base"), subfolder=subfolder)
-    if model_cfg.get("init"):
-        return cls(**OmegaConf.to_container(model_cfg.init, resolve=True))
-    raise ValueError("config needs unet.base (video UNet: hub id or local folder), unet.pretrained "
-                     "(a saved multi-view UNet) or unet.init (a tiny config)")
+        unet = cls.from_pretrained(local_or_hub(model_cfg.pretrained, subfolder, "unet.pretrained"), subfolder=subfolder)
+    elif model_cfg.get("base"):
+        unet = cls.from_base(local_or_hub(model_cfg.base, subfolder, "unet.base"), subfolder=subfolder)
+    elif model_cfg.get("init"):
+        unet = cls(**OmegaConf.to_container(model_cfg.init, resolve=True))
+    else:
+        raise ValueError("config needs unet.base (video UNet: hub id or local folder), unet.pretrained "
+                         "(a saved multi-view UNet) or unet.init (a tiny config)")
+    fovy = model_cfg.get("ray_map_fovy")
+    if fovy is not None and unet.config.get("ray_map_fovy") != fovy:
+        unet.add_ray_map(fovy)  # raises when the loaded UNet has a ray map of another field of view
+    return unet
 
 
 def build_text_conditioner(text_cfg: DictConfig):

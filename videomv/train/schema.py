@@ -175,6 +175,7 @@ class UNetSourceConfig:
     base: Optional[str] = None
     pretrained: Optional[str] = None
     subfolder: str = "unet"
+    ray_map_fovy: Optional[float] = None  # give a loaded UNet a zero-initialised ray-map input (add_ray_map)
 
 
 @dataclass
@@ -318,6 +319,7 @@ RANGES = [
     ("distributed.timeout_s", _positive, "a number of seconds > 0"),
     ("model.kind", lambda v: v in ("t2mv", "i2mv"), "t2mv or i2mv"),
     ("text_encoder.extra_layers", lambda v: v >= 0, "an integer >= 0"),
+    ("unet.ray_map_fovy", lambda v: v is None or 0 < v < 180, "null or a field of view in degrees in (0, 180)"),
     ("data.resolution", lambda v: v >= 1, "an integer >= 1"),
     ("data.num_views", lambda v: v >= 1, "an integer >= 1"),
     ("data.window", lambda v: v is None or v >= 1, "null or an integer >= 1"),
