@@ -897,10 +897,29 @@ def test_lr_scale_moves_each_model_at_its_own_rate_on_adams_first_step():
             torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-8)
     plain = param_groups(models, 1e-2, {})  # no scales: the single group runs always had
     assert len(plain) == 1 and plain[0]["lr"] == 1e-2 and len(plain[0]["params"]) == 3
-    with pytest.raises(ValueError, match="optimizer.lr_scale: no trainable model named 'image_encoder'"):
+    with pytest.raises(ValueError, match="optimizer.lr_scale: no trainable parameters under 'image_encoder'"):
         param_groups(models, 1e-2, {"image_encoder": 2.0})
+    with pytest.raises(ValueError, match="no trainable parameters under 'unet.bias'"):  # frozen
+        param_groups(models, 1e-2, {"unet.bias": 2.0})
     with pytest.raises(ValueError, match="optimizer.lr_scale"):
         tiny_config("optimizer.lr_scale={text_encoder: -1}")
+
+
+def test_lr_scale_of_a_module_takes_its_parameters_out_of_the_models_group():
+    from videomv.train.engine import param_groups
+
+    unet = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
+    unet.append(torch.nn.ModuleDict({"ray": torch.nn.Linear(1, 1, bias=False), "rays": torch.nn.Linear(1, 1, bias=False)}))
+    text = torch.nn.Linear(2, 2)
+    groups = param_groups({"unet": unet, "text_encoder": text}, 1e-3,
+                          {"unet.1": 10.0, "unet.1.0.weight": 100.0, "unet.2.ray": 5.0, "text_encoder": 2.0})
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(lr_of) == sum(1 for _ in unet.parameters()) + 2  # every parameter in exactly one group
+    got = {name: lr_of[id(p)] for name, p in unet.named_parameters()}
+    assert got == pytest.approx({"0.weight": 1e-3, "0.bias": 1e-3, "1.0.weight": 1e-1, "1.0.bias": 1e-2,
+                                 "1.1.weight": 1e-2, "1.1.bias": 1e-2,
+                                 "2.ray.weight": 5e-3, "2.rays.weight": 1e-3})  # keys match whole module names
+    assert lr_of[id(text.weight)] == pytest.approx(2e-3)
 
 
 def test_lr_scale_reaches_the_text_encoder_in_training(tmp_path, toy_root, monkeypatch):

@@ -104,19 +104,27 @@ def _skipped_entry(entry) -> dict:
 
 def param_groups(models: dict[str, torch.nn.Module], lr: float, lr_scale) -> list[dict]:
     """The trainable parameters of `models` as AdamW parameter groups: one group at `lr` without
-    `lr_scale` (what runs and their checkpoints always had), else one group per model, each at
-    `lr` times its factor in `lr_scale` ({model name: factor}, 1 for models not named)."""
-    lr_scale = dict(lr_scale)
-    unknown = sorted(set(lr_scale) - set(models))
-    if unknown:
-        raise ValueError(f"optimizer.lr_scale: no trainable model named {', '.join(map(repr, unknown))}; "
-                         f"this run trains {', '.join(models)}")
-    groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr * float(lr_scale.get(name, 1.0))}
-              for name, m in models.items()]
-    groups = [g for g in groups if g["params"]]
+    `lr_scale` (what runs and their checkpoints always had), else one group per key of `lr_scale`
+    and one per model for the rest. A key names a model ("text_encoder") or a part of one
+    ("unet.ray_map_in": the parameters under that module); a parameter takes the factor of the
+    longest key that holds it, and 1 where none does."""
+    lr_scale = {str(k): float(v) for k, v in dict(lr_scale).items()}
     if not lr_scale:
-        return [{"params": [p for g in groups for p in g["params"]], "lr": lr}]
-    return groups
+        params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr}] if params else []
+    groups: dict[str, list] = {}
+    for name, model in models.items():
+        for pname, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            full = f"{name}.{pname}"
+            keys = [k for k in lr_scale if full == k or full.startswith(k + ".")]
+            groups.setdefault(max(keys, key=len) if keys else name, []).append(p)
+    unknown = sorted(set(lr_scale) - set(groups))
+    if unknown:
+        raise ValueError(f"optimizer.lr_scale: no trainable parameters under {', '.join(map(repr, unknown))}; "
+                         f"this run trains {', '.join(models)}")
+    return [{"params": params, "lr": lr * lr_scale.get(key, 1.0)} for key, params in groups.items()]
 
 
 def parameter_checksum(models: dict[str, torch.nn.Module]) -> str:

@@ -305,7 +305,7 @@ RANGES = [
     ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
     ("optimizer.eps", _positive, "a number > 0"),
     ("optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-    ("optimizer.lr_scale", lambda v: all(_positive(f) for f in v.values()), "{model name: factor > 0}"),
+    ("optimizer.lr_scale", lambda v: all(_positive(f) for f in v.values()), "{model name or model.module: factor > 0}"),
     ("lr_scheduler.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
     ("ema.decay", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("ema.update_after_step", lambda v: v >= 0, "an integer >= 0"),
