@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the text model use its prompt? Its training loss on toy objects at fixed timesteps, with
-each object's own caption, another object's caption, and the empty prompt
-(see `videomv/toy/bar.py:prompt_losses`).
+each object's own caption, the caption with its parts swapped, another object's caption, and the
+empty prompt (see `videomv/toy/bar.py:prompt_losses`).
 
     python tools/probe_prompt_use.py --split train --limit 16 --timesteps 50 400 800 999
 """
@@ -37,10 +37,10 @@ def main(argv=None) -> None:
         p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
     rows = prompt_losses(model, args.data_root, objects, args.timesteps, args.seed)
     print(f"training loss of {args.model} on {len(objects)} {args.split} objects")
-    print("| t | own caption | another caption | empty prompt |")
-    print("|---|---|---|---|")
+    print("| t | own caption | its parts swapped | another caption | empty prompt |")
+    print("|---|---|---|---|---|")
     for t, r in rows.items():
-        print(f"| {t} | {r['own']:.4f} | {r['other']:.4f} | {r['empty']:.4f} |")
+        print(f"| {t} | {r['own']:.4f} | {r['swapped']:.4f} | {r['other']:.4f} | {r['empty']:.4f} |")
 
 
 if __name__ == "__main__":

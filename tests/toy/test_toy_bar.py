@@ -139,9 +139,19 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
     blind = pipe.encode_prompt
     pipe.encode_prompt = lambda prompt, *a, **k: blind([""] * len(prompt), *a, **k)
     same = prompt_losses(model, toy_root, objects, [500])[500]
-    assert same["own"] == same["other"] == same["empty"] > 0
+    assert same["own"] == same["swapped"] == same["other"] == same["empty"] > 0
     pipe.encode_prompt = blind
     assert real[500]["own"] != real[500]["other"]  # the random tiny text encoder does tell captions apart
+    # "swapped" scores each object with its parts' order reversed: the own loss exactly where the
+    # objects' captions have one part (no other order), another where they have several
+    from videomv.toy.references import toy_object_for
+    from videomv.toy.world import swapped_caption
+
+    recipes = [toy_object_for(toy_root, o).recipe for o in objects]
+    if all(swapped_caption(r) == toy_object_for(toy_root, o).caption for r, o in zip(recipes, objects)):
+        assert real[500]["swapped"] == real[500]["own"]
+    else:
+        assert real[500]["swapped"] != real[500]["own"]
 
     # Closed form: zero terminal SNR, v-prediction, a UNet predicting 0. At t = 999 the noisy input
     # is pure noise and the v target is -z0, so the loss is the mean square of the clean latents.

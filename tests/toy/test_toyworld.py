@@ -374,3 +374,16 @@ def test_extra_train_objects_keep_unseen_captions_unseen(tmp_path):
     with pytest.raises(ValueError, match="extra_train_objects must be >= 1"):
         from videomv.toy.writer import extend_train_split
         extend_train_split(root, 0)
+
+
+def test_swapped_caption_reverses_the_parts_by_hand():
+    from videomv.toy.world import swapped_caption
+
+    stacked = ("stacked", (("cube", "red", None), ("cylinder", "blue", None)))
+    assert swapped_caption(stacked) == "a blue cylinder on top of a red cube"
+    row = ("row", (("cube", "red", None), ("sphere", "orange", None), ("cone", "green", None)))
+    assert swapped_caption(row) == "a green cone, an orange sphere and a red cube in a row"
+    assert swapped_caption(("side_by_side", (("cube", "red", None), ("torus", "white", None)))) == \
+        "a white torus next to a red cube"
+    assert swapped_caption(("two_tone", (("sphere", "red", "blue"),))) == "a sphere that is half blue and half red"
+    assert swapped_caption(("single", (("cone", "yellow", None),))) == "a yellow cone"

@@ -208,12 +208,14 @@ def x0_estimates(model, root, object_id: str, step_indices: list[int], num_frame
 @torch.no_grad()
 def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict[int, dict[str, float]]:
     """The text model's training loss (MSE against its scheduler's target) on toy objects at fixed
-    timesteps, with each object's own caption, with the next object's caption, and with the empty
-    prompt: {t: {"own": ..., "other": ..., "empty": ...}}.
+    timesteps, with each object's own caption, with its caption's parts swapped
+    (`world.swapped_caption`), with the next object's caption, and with the empty prompt:
+    {t: {"own": ..., "swapped": ..., "other": ..., "empty": ...}}.
 
     Where "own" is well below "empty" the model uses the prompt; where "other" is far above "own"
-    it could tell the captions apart. Comparing these with what samples show separates a model
-    that ignores its prompt from a sampler that loses what the model learned."""
+    it could tell the captions apart; where "swapped" is no higher than "own" it does not read
+    which part goes where. Comparing these with what samples show separates a model that ignores
+    its prompt from a sampler that loses what the model learned."""
     s = model.settings
     if s.task != "text":
         raise ValueError(f"prompt_losses probes a text model; this one is a {s.task!r} model")
@@ -222,7 +224,8 @@ def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed
     pipe, scheduler, unet = model.pipeline, model.pipeline.scheduler, model.pipeline.unet
     views = [object_views(model, root, o) for o in object_ids]
     captions = [obj.caption for obj, _, _ in views]
-    prompts = {"own": captions, "other": captions[1:] + captions[:1], "empty": [""] * len(captions)}
+    prompts = {"own": captions, "swapped": [toyworld.swapped_caption(obj.recipe) for obj, _, _ in views],
+               "other": captions[1:] + captions[:1], "empty": [""] * len(captions)}
     # Latents, cameras and prompt embeddings do not depend on t: computed once, reused at every t.
     latents = [model.encode(truth[None].to(pipe.device, unet.dtype)) for _, _, truth in views]
     cameras = [cams[None].to(z) for (_, cams, _), z in zip(views, latents)]

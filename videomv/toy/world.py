@@ -168,6 +168,18 @@ def caption_from_recipe(recipe: tuple) -> str:
     raise ValueError(f"unknown arrangement {arrangement!r}; expected one of {list(ARRANGEMENTS)}")
 
 
+def swapped_caption(recipe: tuple) -> str:
+    """The caption with its parts in reverse order ("a red cube on top of a blue cylinder" -> "a blue
+    cylinder on top of a red cube"; a two-tone object's colours swapped): the same words, so a model
+    that scores it as well as the caption itself does not read which part goes where. A one-part,
+    one-colour object has no other order and gets its own caption."""
+    arrangement, parts = recipe
+    if arrangement == "two_tone":
+        shape, c1, c2 = parts[0]
+        return caption_from_recipe((arrangement, ((shape, c2, c1),)))
+    return caption_from_recipe((arrangement, tuple(parts)[::-1]))
+
+
 def _sample_size(shape: str, scale: float, rng: np.random.Generator) -> tuple[float, ...]:
     """Sizes relative to a nominal extent `scale` (roughly the half height)."""
     if shape == "sphere":
