@@ -272,6 +272,63 @@ def test_identity_layers_keep_the_output_then_train(tmp_path):
             conditioner.add_identity_layers(bad)
 
 
+def _clip_by_hand(text_encoder, ids, both_ways: int):
+    """CLIP's text transformer written out: pre-norm layers, causal attention except in the last
+    `both_ways` layers, then the final layer norm."""
+    body = getattr(text_encoder, "text_model", text_encoder)
+    x = body.embeddings(input_ids=ids)
+    layers = body.encoder.layers
+    length = ids.shape[1]
+    future = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+    for index, layer in enumerate(layers):
+        attn = layer.self_attn
+        h = layer.layer_norm1(x)
+        split = lambda t: t.view(*t.shape[:2], attn.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h))
+        scores = q @ k.transpose(-1, -2) * attn.head_dim ** -0.5
+        if index < len(layers) - both_ways:
+            scores = scores.masked_fill(future, float("-inf"))
+        mixed = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = x + attn.out_proj(mixed)
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return body.final_layer_norm(x)
+
+
+@pytest.mark.parametrize("both_ways", [1, 2])
+def test_bidirectional_text_layers_against_clip_by_hand(tmp_path, both_ways):
+    conditioner = TextConditioner.tiny(hidden_size=32)
+    prompts = ["a red cube on top of a blue cylinder", "a red cube on top of a green cylinder"]
+    ids = conditioner.tokenize(prompts)
+    with torch.no_grad():
+        causal = conditioner.encode(prompts)
+        torch.testing.assert_close(causal, _clip_by_hand(conditioner.text_encoder, ids, 0))
+        conditioner.attend_both_ways(both_ways)
+        both = conditioner.encode(prompts)
+        torch.testing.assert_close(both, _clip_by_hand(conditioner.text_encoder, ids, both_ways))
+    # "cube" (token 3) sees the second part's colour only through the bidirectional layers
+    assert torch.equal(causal[0, :4], causal[1, :4])
+    assert (both[0, 3] - both[1, 3]).abs().max() > 1e-3
+    config = conditioner.text_encoder.config
+    assert config.bidirectional_layers == both_ways and config.architectures == ["BidirectionalCLIPTextModel"]
+    # saved and loaded: the config brings the bidirectional layers back
+    conditioner.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    loaded = TextConditioner.from_pretrained(str(tmp_path))
+    assert type(loaded.text_encoder).__name__ == "BidirectionalCLIPTextModel"
+    assert torch.equal(loaded.encode(prompts), both)
+
+
+def test_bidirectional_text_layers_refuse_bad_counts():
+    conditioner = TextConditioner.tiny(hidden_size=32)  # two layers
+    for bad in (0, 3, -1, True, 1.0):
+        with pytest.raises(ValueError, match="bidirectional_layers"):
+            TextConditioner.tiny(hidden_size=32).attend_both_ways(bad)
+    conditioner.attend_both_ways(1)
+    with pytest.raises(ValueError, match="already has bidirectional layers"):
+        conditioner.attend_both_ways(1)
+    with pytest.raises(ValueError, match="append them before"):
+        conditioner.add_identity_layers(1)
+
+
 def _tiny_vae():
     torch.manual_seed(0)
     return AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,

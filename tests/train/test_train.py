@@ -765,11 +765,17 @@ def test_image_validation_grid_samples_as_the_model_was_trained(tmp_path, toy_ro
 def test_extra_text_layers_are_trained_and_exported(tmp_path, toy_root):
     from safetensors.torch import load_file
 
+    from videomv.sampling.system import load_pipeline
+
     out = tmp_path / "deeper"
-    run(out, toy_root, "max_steps=2", "ema.enabled=false", "text_encoder.extra_layers=1")
+    run(out, toy_root, "max_steps=2", "ema.enabled=false", "text_encoder.extra_layers=1",
+        "text_encoder.bidirectional_layers=1")
     exported = load_file(out / "final" / "text_encoder" / "model.safetensors")
     config = json.loads((out / "final" / "text_encoder" / "config.json").read_text())
     assert config["num_hidden_layers"] == 2  # TINY's one layer + one appended
+    # the appended layer attends both ways, and the exported pipeline loads it so
+    assert config["bidirectional_layers"] == 1
+    assert type(load_pipeline(out / "final").text_encoder).__name__ == "BidirectionalCLIPTextModel"
     new_layer = [k for k in exported if ".layers.1." in k]
     assert new_layer, sorted(exported)
     # the appended layer started with zero output projections; two steps moved them
@@ -779,6 +785,11 @@ def test_extra_text_layers_are_trained_and_exported(tmp_path, toy_root):
         run(tmp_path / "frozen", toy_root, "max_steps=1", "text_encoder.extra_layers=1", "text_encoder.train=false")
     with pytest.raises(ValueError, match="extra_layers"):
         tiny_config("text_encoder.extra_layers=-1")
+    with pytest.raises(ValueError, match="bidirectional_layers=1 needs text_encoder.train=true"):
+        run(tmp_path / "frozen", toy_root, "max_steps=1", "text_encoder.bidirectional_layers=1",
+            "text_encoder.train=false")
+    with pytest.raises(ValueError, match="bidirectional_layers"):
+        tiny_config("text_encoder.bidirectional_layers=-1")
 
 
 def test_object_weights_and_the_weighted_diffusion_loss_by_hand():

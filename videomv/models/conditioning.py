@@ -24,6 +24,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .text_encoder import BidirectionalCLIPTextModel, bidirectional_layers, load_text_encoder
+
 CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -89,7 +91,7 @@ class TextConditioner(nn.Module):
                         text_encoder_subfolder: str = "text_encoder", **kwargs) -> "TextConditioner":
         """Load from a diffusers folder (or hub id). A missing tokenizer folder in a local folder
         falls back to the bundled CLIP tokenizer."""
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder=text_encoder_subfolder, **kwargs)
+        text_encoder = load_text_encoder(path, subfolder=text_encoder_subfolder, **kwargs)
         if uses_bundled_tokenizer(path, tokenizer_subfolder):
             tokenizer = bundled_clip_tokenizer()
         else:
@@ -123,6 +125,9 @@ class TextConditioner(nn.Module):
         deeper without its output changing; the new layers then learn from where it stands."""
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ValueError(f"extra layers: expected an integer >= 0, got {count!r}")
+        if count and bidirectional_layers(self.text_encoder):
+            raise ValueError("extra layers: append them before making layers bidirectional "
+                             "(attend_both_ways counts from the last layer)")
         from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
         layers = self.transformer.encoder.layers
@@ -135,6 +140,11 @@ class TextConditioner(nn.Module):
                 nn.init.zeros_(projection.bias)
             layers.append(layer)
         config.num_hidden_layers = len(layers)
+
+    def attend_both_ways(self, count: int) -> None:
+        """Let the last `count` layers attend to every token (`BidirectionalCLIPTextModel`); the
+        weights stay, so the encoder's output changes and training adapts it."""
+        self.text_encoder = BidirectionalCLIPTextModel.from_causal(self.text_encoder, count)
 
     @property
     def transformer(self) -> nn.Module:

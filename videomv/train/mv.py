@@ -82,6 +82,7 @@ def build_unet(model_cfg: DictConfig, kind: str):
 
 def build_text_conditioner(text_cfg: DictConfig):
     from videomv.models.conditioning import TextConditioner
+    from videomv.models.text_encoder import bidirectional_layers
 
     if text_cfg.get("base"):
         conditioner = TextConditioner.from_pretrained(local_or_hub(text_cfg.base, "text_encoder", "text_encoder.base"),
@@ -95,6 +96,12 @@ def build_text_conditioner(text_cfg: DictConfig):
         raise ValueError(f"text_encoder.extra_layers={extra} needs text_encoder.train=true: "
                          "layers that start as the identity only matter once they are trained")
     conditioner.add_identity_layers(extra)
+    both_ways = text_cfg.get("bidirectional_layers") or 0
+    if both_ways and both_ways != bidirectional_layers(conditioner.text_encoder):
+        if not text_cfg.get("train", False):
+            raise ValueError(f"text_encoder.bidirectional_layers={both_ways} needs text_encoder.train=true: "
+                             "the encoder's output changes and only training adapts the UNet to it")
+        conditioner.attend_both_ways(both_ways)  # raises for a loaded encoder already bidirectional
     return conditioner
 
 

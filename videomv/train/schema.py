@@ -185,6 +185,7 @@ class TextEncoderConfig:
     train: bool = False
     kwargs: Optional[Dict[str, Any]] = None
     extra_layers: int = 0  # layers appended to the loaded encoder, starting as the identity
+    bidirectional_layers: int = 0  # the last n layers (appended ones included) attend both ways
 
 
 @dataclass
@@ -319,6 +320,7 @@ RANGES = [
     ("distributed.timeout_s", _positive, "a number of seconds > 0"),
     ("model.kind", lambda v: v in ("t2mv", "i2mv"), "t2mv or i2mv"),
     ("text_encoder.extra_layers", lambda v: v >= 0, "an integer >= 0"),
+    ("text_encoder.bidirectional_layers", lambda v: v >= 0, "an integer >= 0"),
     ("unet.ray_map_fovy", lambda v: v is None or 0 < v < 180, "null or a field of view in degrees in (0, 180)"),
     ("data.resolution", lambda v: v >= 1, "an integer >= 1"),
     ("data.num_views", lambda v: v >= 1, "an integer >= 1"),
