@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the text model use its prompt? Its training loss on toy objects at fixed timesteps, with
-each object's own caption, the caption with its parts swapped, another object's caption, and the
-empty prompt (see `videomv/toy/bar.py:prompt_losses`).
+each object's own caption, another object's caption and the empty prompt, and on the stacked
+objects with their own caption and with its parts swapped (see `videomv/toy/bar.py:prompt_losses`).
 
     python tools/probe_prompt_use.py --split train --limit 16 --timesteps 50 400 800 999
 """
@@ -15,6 +15,8 @@ import torch
 
 from videomv.toy.bar import prompt_losses
 from videomv.toy.cli import add_toy_objects_args, toy_objects
+from videomv.toy.references import toy_object_for
+from videomv.toy.world import order_shows
 from videomv.sampling.system import VideoMV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,11 +38,13 @@ def main(argv=None) -> None:
     if bad:
         p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
     rows = prompt_losses(model, args.data_root, objects, args.timesteps, args.seed)
-    print(f"training loss of {args.model} on {len(objects)} {args.split} objects")
-    print("| t | own caption | its parts swapped | another caption | empty prompt |")
-    print("|---|---|---|---|---|")
+    stacked = sum(order_shows(toy_object_for(args.data_root, o).recipe) for o in objects)
+    print(f"training loss of {args.model} on {len(objects)} {args.split} objects, {stacked} of them stacked")
+    print("| t | own caption | another caption | empty prompt | stacked: own caption | stacked: parts swapped |")
+    print("|---|---|---|---|---|---|")
     for t, r in rows.items():
-        print(f"| {t} | {r['own']:.4f} | {r['swapped']:.4f} | {r['other']:.4f} | {r['empty']:.4f} |")
+        print(f"| {t} | {r['own']:.4f} | {r['other']:.4f} | {r['empty']:.4f} | {r['stacked_own']:.4f} "
+              f"| {r['stacked_swapped']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 views no more than 2x as different as ground truth's; image -> views >= 20 dB. With them, the
 per-part colour and layout scores (`videomv/toy/parts.py`), each over all test objects and apart
 for objects whose caption occurs in the train split ("seen") and whose caption never does ("unseen"),
-and the same scores of each model's VAE round trip of the ground truth (their ceiling).
+and for each arrangement of parts, and the same scores of each model's VAE round trip of the ground
+truth (their ceiling).
 
     python tools/toy_model_bar.py --data-root data/toy_world_64 --limit 32 --seeds 2
     python tools/toy_model_bar.py --data-root data/toy_world_64 --captions unseen --limit 4
@@ -24,21 +25,25 @@ from videomv.toy.bar import (gap_closed, image_bar_row, part_summary, text_bar_r
                              vae_round_trip_row)
 from videomv.toy.cli import add_toy_objects_args, prepare_data_root, toy_objects
 from videomv.toy.references import toy_object_for
+from videomv.toy.world import ARRANGEMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def groups(rows, seen_captions):
-    """(name, rows) for all rows, then those whose caption is in / never in the train split."""
+def groups(rows, seen_captions, root):
+    """(name, rows) for all rows, those whose caption is in / never in the train split, then each
+    arrangement of parts that the rows' objects hold (single, two_tone, stacked, side_by_side, row)."""
+    arrangement = {r.object_id: toy_object_for(root, r.object_id).recipe[0] for r in rows}
+    by_arrangement = [(name, [r for r in rows if arrangement[r.object_id] == name]) for name in ARRANGEMENTS]
     return [("all", rows), ("seen", [r for r in rows if r.caption in seen_captions]),
-            ("unseen", [r for r in rows if r.caption not in seen_captions])]
+            ("unseen", [r for r in rows if r.caption not in seen_captions])] + [g for g in by_arrangement if g[1]]
 
 
-def print_image_scores(rows, seen, count: str) -> None:
+def print_image_scores(rows, seen, root, count: str) -> None:
     """The image-style table (PSNR, parts in place and drawn, layouts) of `rows` per caption group."""
     print(f"| group | {count} | PSNR dB | parts in their colour, in place | parts drawn in their colour | layouts right |")
     print("|---|---|---|---|---|---|")
-    for name, group in groups(rows, seen):
+    for name, group in groups(rows, seen, root):
         if not group:
             print(f"| {name} | 0 | | | | |")
             continue
@@ -52,7 +57,7 @@ def print_round_trip(model, name: str, root, objects, seen) -> None:
     part scores for this model."""
     rows = [vae_round_trip_row(model, root, o) for o in tqdm(objects, desc=f"{name} VAE round trip")]
     print(f"\n{name} model's VAE round trip of the ground truth (the ceiling of its part scores):")
-    print_image_scores(rows, seen, "objects")
+    print_image_scores(rows, seen, root, "objects")
 
 
 def main(argv=None) -> None:
@@ -98,7 +103,7 @@ def main(argv=None) -> None:
         print(f"\ntext -> views over {len(objects)} objects x {args.seeds} seeds:")
         print("| group | runs | generated dB | gap closed | neighbour ratio | parts drawn in their colour | layouts right |")
         print("|---|---|---|---|---|---|---|")
-        for name, group in groups(rows, seen):
+        for name, group in groups(rows, seen, args.data_root):
             if not group:
                 print(f"| {name} | 0 | | | | | |")
                 continue
@@ -125,7 +130,7 @@ def main(argv=None) -> None:
             print(f"| {o} | {seed} | {r.caption} | {r.psnr:.2f} | {sum(r.parts.in_place)} / {sum(r.parts.present)} "
                   f"of {len(r.parts.present)} | {r.parts.layout} |")
         print(f"\nimage -> views over {len(objects)} objects x {args.seeds} seeds:")
-        print_image_scores(rows, seen, "runs")
+        print_image_scores(rows, seen, args.data_root, "runs")
         print_round_trip(model, "image", args.data_root, objects, seen)
         mean = statistics.mean(r.psnr for r in rows)
         print(f"\nimage bar: {mean:.2f} dB (>= 20: {'pass' if mean >= 20 else 'FAIL'})")

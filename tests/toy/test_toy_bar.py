@@ -1,5 +1,6 @@
 """The toy-model bar: floor and ceiling references behave as defined, on stand-in models."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -125,7 +126,7 @@ def test_x0_estimates_are_taken_at_the_asked_steps_and_stop_the_loop(toy_root):
             x0_estimates(model, toy_root, oid, bad)
 
 
-def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
+def test_prompt_losses_closed_form_and_prompt_blind_model(tmp_path):
     from diffusers import DDIMScheduler
     from tiny_videomv import tiny_image_videomv, tiny_text_videomv
 
@@ -133,25 +134,27 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
 
     model = tiny_text_videomv(with_reconstructor=False)
     pipe = model.pipeline
-    objects = (toy_root / "train.txt").read_text().split()[:2]
+    toy_root = tmp_path / "toy"  # seed 3's first 8 objects hold a stack, a pair and a two-tone object
+    build_dataset(toy_root, 8, RES, seed=3, workers=1, progress=False, split=(0.5, 0.25, 0.25))
+    ids = [o for split in ("train", "val", "test") for o in (toy_root / f"{split}.txt").read_text().split()]
+    arrangements = {o: toy_object_for(toy_root, o).recipe[0] for o in ids}
+    stacked = next(o for o in ids if arrangements[o] == "stacked")
+    # a stacked object and one whose parts' order does not show (its "swapped" caption is not scored)
+    objects = [stacked, next(o for o in ids if arrangements[o] in ("side_by_side", "row", "two_tone"))]
     # A UNet that ignores the prompt scores every prompt the same.
     real = prompt_losses(model, toy_root, objects, [500])
     blind = pipe.encode_prompt
     pipe.encode_prompt = lambda prompt, *a, **k: blind([""] * len(prompt), *a, **k)
     same = prompt_losses(model, toy_root, objects, [500])[500]
-    assert same["own"] == same["swapped"] == same["other"] == same["empty"] > 0
+    assert same["own"] == same["other"] == same["empty"] > 0
+    assert same["stacked_own"] == same["stacked_swapped"] > 0
     pipe.encode_prompt = blind
     assert real[500]["own"] != real[500]["other"]  # the random tiny text encoder does tell captions apart
-    # "swapped" scores each object with its parts' order reversed: the own loss exactly where the
-    # objects' captions have one part (no other order), another where they have several
-    from videomv.toy.references import toy_object_for
-    from videomv.toy.world import swapped_caption
-
-    recipes = [toy_object_for(toy_root, o).recipe for o in objects]
-    if all(swapped_caption(r) == toy_object_for(toy_root, o).caption for r, o in zip(recipes, objects)):
-        assert real[500]["swapped"] == real[500]["own"]
-    else:
-        assert real[500]["swapped"] != real[500]["own"]
+    assert real[500]["stacked_swapped"] != real[500]["stacked_own"]
+    # without a stacked object the pair is NaN
+    others = [o for o in ids if arrangements[o] != "stacked"][:2]
+    none = prompt_losses(model, toy_root, others, [500])[500]
+    assert math.isnan(none["stacked_own"]) and math.isnan(none["stacked_swapped"])
 
     # Closed form: zero terminal SNR, v-prediction, a UNet predicting 0. At t = 999 the noisy input
     # is pure noise and the v target is -z0, so the loss is the mean square of the clean latents.
@@ -163,8 +166,12 @@ def test_prompt_losses_closed_form_and_prompt_blind_model(toy_root):
         loss = prompt_losses(model, toy_root, objects, [999])[999]
     finally:
         pipe.unet.forward = forward
-    expected = sum(float(model.encode(object_views(model, toy_root, o)[2][None]).pow(2).mean()) for o in objects) / 2
+    each = [float(model.encode(object_views(model, toy_root, o)[2][None]).pow(2).mean()) for o in objects]
+    expected = sum(each) / 2
     assert loss["own"] == pytest.approx(expected, rel=1e-5) and loss["empty"] == pytest.approx(expected, rel=1e-5)
+    # the stacked pair is over the stacked object alone
+    assert loss["stacked_own"] == pytest.approx(each[0], rel=1e-5)
+    assert loss["stacked_swapped"] == pytest.approx(each[0], rel=1e-5)
 
     with pytest.raises(ValueError, match="at least 2"):
         prompt_losses(model, toy_root, objects[:1], [500])
@@ -304,6 +311,10 @@ def test_tool_reports_seen_and_unseen_groups_over_seeds(toy_root, tmp_path, caps
     captions = json.loads((toy_root / "captions.json").read_text())
     seen = captions[test_id] in {captions[o] for o in (toy_root / "train.txt").read_text().split()}
     assert (f"| seen | {2 if seen else 0} |" in out) and (f"| unseen | {0 if seen else 2} |" in out)
+    # a row for the object's arrangement, in each table; none for arrangements no object has
+    arrangement = toy_object_for(toy_root, test_id).recipe[0]
+    assert out.count(f"| {arrangement} | 2 |") == 2 and out.count(f"| {arrangement} | 1 |") == 2
+    assert not any(f"| {other} |" in out for other in toyworld.ARRANGEMENTS if other != arrangement)
     with pytest.raises(SystemExit) as e:
         tool.main(["--data-root", str(toy_root), "--seeds", "0"])
     assert e.value.code == 2 and "--seeds must be >= 1" in capsys.readouterr().err

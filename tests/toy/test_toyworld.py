@@ -387,3 +387,15 @@ def test_swapped_caption_reverses_the_parts_by_hand():
         "a white torus next to a red cube"
     assert swapped_caption(("two_tone", (("sphere", "red", "blue"),))) == "a sphere that is half blue and half red"
     assert swapped_caption(("single", (("cone", "yellow", None),))) == "a yellow cone"
+
+
+def test_only_a_stack_has_a_part_order_in_its_views():
+    from videomv.toy.world import order_shows, sample_object
+
+    recipes = {obj.recipe[0]: obj.recipe for obj in (sample_object(0, i) for i in range(40))}
+    assert set(recipes) == {"single", "two_tone", "stacked", "side_by_side", "row"}
+    assert [name for name, recipe in recipes.items() if order_shows(recipe)] == ["stacked"]
+    # a stack's first part is the one on top
+    stack = next(o for o in (sample_object(0, i) for i in range(40)) if o.recipe[0] == "stacked")
+    top, bottom = stack.primitives
+    assert top.center[1] > bottom.center[1]

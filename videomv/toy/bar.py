@@ -208,14 +208,16 @@ def x0_estimates(model, root, object_id: str, step_indices: list[int], num_frame
 @torch.no_grad()
 def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict[int, dict[str, float]]:
     """The text model's training loss (MSE against its scheduler's target) on toy objects at fixed
-    timesteps, with each object's own caption, with its caption's parts swapped
-    (`world.swapped_caption`), with the next object's caption, and with the empty prompt:
-    {t: {"own": ..., "swapped": ..., "other": ..., "empty": ...}}.
+    timesteps, with each object's own caption, with the next object's caption and with the empty
+    prompt, and over the stacked objects alone (the one arrangement whose part order shows in the
+    views, `world.order_shows`) with their own caption and with its parts swapped
+    (`world.swapped_caption`): {t: {"own", "other", "empty", "stacked_own", "stacked_swapped"}}; the
+    stacked pair is NaN where no object is stacked.
 
     Where "own" is well below "empty" the model uses the prompt; where "other" is far above "own"
-    it could tell the captions apart; where "swapped" is no higher than "own" it does not read
-    which part goes where. Comparing these with what samples show separates a model that ignores
-    its prompt from a sampler that loses what the model learned."""
+    it could tell the captions apart; where "stacked_swapped" is no higher than "stacked_own" it
+    does not read which part the caption puts on top. Comparing these with what samples show
+    separates a model that ignores its prompt from a sampler that loses what the model learned."""
     s = model.settings
     if s.task != "text":
         raise ValueError(f"prompt_losses probes a text model; this one is a {s.task!r} model")
@@ -224,22 +226,32 @@ def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed
     pipe, scheduler, unet = model.pipeline, model.pipeline.scheduler, model.pipeline.unet
     views = [object_views(model, root, o) for o in object_ids]
     captions = [obj.caption for obj, _, _ in views]
-    prompts = {"own": captions, "swapped": [toyworld.swapped_caption(obj.recipe) for obj, _, _ in views],
-               "other": captions[1:] + captions[:1], "empty": [""] * len(captions)}
+    stacked = [i for i, (obj, _, _) in enumerate(views) if toyworld.order_shows(obj.recipe)]
+    prompts = {"own": captions, "other": captions[1:] + captions[:1], "empty": [""] * len(captions),
+               "swapped": [toyworld.swapped_caption(obj.recipe) for obj, _, _ in views]}
     # Latents, cameras and prompt embeddings do not depend on t: computed once, reused at every t.
     latents = [model.encode(truth[None].to(pipe.device, unet.dtype)) for _, _, truth in views]
     cameras = [cams[None].to(z) for (_, cams, _), z in zip(views, latents)]
     contexts = {k: pipe.encode_prompt(p, None, do_cfg=False).to(unet.dtype) for k, p in prompts.items()}
+
+    def mean(values):
+        return sum(values) / len(values) if values else float("nan")
+
     result = {}
     for t in timesteps:
-        row = {k: 0.0 for k in prompts}
+        losses = {k: [] for k in prompts}
         for i, z in enumerate(latents):
             noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i)).to(z)
             step = torch.tensor([t], device=z.device)
             noisy = scheduler.add_noise(z, noise, step)
             target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, step)
             for k, context in contexts.items():
+                if k == "swapped" and i not in stacked:
+                    continue
                 pred = denoise(unet, noisy, step, MultiViewCondition(context[i : i + 1], cameras[i]))
-                row[k] += float((pred.float() - target.float()).pow(2).mean()) / len(latents)
-        result[t] = row
+                losses[k].append(float((pred.float() - target.float()).pow(2).mean()))
+
+        result[t] = {k: mean(losses[k]) for k in ("own", "other", "empty")}
+        result[t]["stacked_own"] = mean([losses["own"][i] for i in stacked])
+        result[t]["stacked_swapped"] = mean(losses["swapped"])
     return result

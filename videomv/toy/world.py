@@ -168,11 +168,20 @@ def caption_from_recipe(recipe: tuple) -> str:
     raise ValueError(f"unknown arrangement {arrangement!r}; expected one of {list(ARRANGEMENTS)}")
 
 
+def order_shows(recipe: tuple) -> bool:
+    """Whether the order of the caption's parts shows in the views. Only a stack's does (its first
+    part is on top): side-by-side pairs and rows lie along a random horizontal axis and a two-tone
+    object's halves turn with its random yaw, so their parts in the other order describe the same
+    views seen from another azimuth."""
+    return recipe[0] == "stacked"
+
+
 def swapped_caption(recipe: tuple) -> str:
     """The caption with its parts in reverse order ("a red cube on top of a blue cylinder" -> "a blue
-    cylinder on top of a red cube"; a two-tone object's colours swapped): the same words, so a model
-    that scores it as well as the caption itself does not read which part goes where. A one-part,
-    one-colour object has no other order and gets its own caption."""
+    cylinder on top of a red cube"; a two-tone object's colours swapped): the same words. Where the
+    order shows in the views (`order_shows`), a model that scores it as well as the caption itself
+    does not read which part goes where. A one-part, one-colour object has no other order and gets
+    its own caption."""
     arrangement, parts = recipe
     if arrangement == "two_tone":
         shape, c1, c2 = parts[0]
