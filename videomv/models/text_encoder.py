@@ -1,9 +1,8 @@
 """A CLIP text model whose last layers attend both ways.
 
 CLIP's causal mask lets a token see only the words before it: in "a red cube on top of a blue
-cylinder" the state at "cube" cannot know the cube is the part on top, so a UNet pixel that looks
-for "the part on top" finds no key saying so. With the last `bidirectional_layers` layers attending
-to every token, each part's tokens can carry their role. The weights and their names are CLIP's;
+cylinder" the state at "cube" cannot know the cube is the part on top. With the last
+`bidirectional_layers` layers attending to every token, each part's tokens can carry their role. The weights and their names are CLIP's;
 only the mask of those layers changes, so a causal model converts with its state dict.
 """
 
