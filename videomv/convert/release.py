@@ -27,6 +27,7 @@ from ..models.camera_unet import MULTIVIEW_CONFIG_KEYS
 from ..models.conditioning import bundled_clip_tokenizer, uses_bundled_tokenizer
 from ..models.i2mv_unet import I2MVUNet
 from ..models.t2mv_unet import T2MVUNet
+from ..models.text_encoder import text_transformer
 from ..recon import Reconstructor, get_preset, infer_preset
 from ..recon.checkpoint import IGNORED_PREFIXES, check_state_dict
 from .checkpoint import load_release_checkpoint
@@ -123,7 +124,7 @@ def release_text_encoder(base: str, task: str) -> tuple[CLIPTextModel, str | Non
     encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
     layers = encoder.config.num_hidden_layers
     if task == "text" and layers == RELEASE_TEXT_LAYERS + 1:
-        body = getattr(encoder, "text_model", encoder)  # transformers < 5 nests the body in `text_model`
+        body = text_transformer(encoder)
         body.encoder.layers = body.encoder.layers[:RELEASE_TEXT_LAYERS]
         encoder.config.num_hidden_layers = RELEASE_TEXT_LAYERS
         return encoder, f"text encoder: kept {RELEASE_TEXT_LAYERS} of {layers} layers (the release's penultimate layer)"

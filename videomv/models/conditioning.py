@@ -24,7 +24,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .text_encoder import BidirectionalCLIPTextModel, bidirectional_layers, load_text_encoder
+from .text_encoder import BidirectionalCLIPTextModel, bidirectional_layers, load_text_encoder, text_transformer
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
@@ -148,9 +148,8 @@ class TextConditioner(nn.Module):
 
     @property
     def transformer(self) -> nn.Module:
-        """The CLIP text transformer (embeddings, encoder layers, final layer norm); transformers < 5
-        nests it in `text_encoder.text_model`."""
-        return getattr(self.text_encoder, "text_model", self.text_encoder)
+        """The CLIP text transformer (`text_transformer`)."""
+        return text_transformer(self.text_encoder)
 
     @property
     def device(self) -> torch.device:

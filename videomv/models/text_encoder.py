@@ -2,8 +2,9 @@
 
 CLIP's causal mask lets a token see only the words before it: in "a red cube on top of a blue
 cylinder" the state at "cube" cannot know the cube is the part on top. With the last
-`bidirectional_layers` layers attending to every token, each part's tokens can carry their role. The weights and their names are CLIP's;
-only the mask of those layers changes, so a causal model converts with its state dict.
+`bidirectional_layers` layers attending to every token, each part's tokens can carry their role.
+The weights and their names are CLIP's; only the mask of those layers changes, so a causal model
+converts with its state dict.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from transformers import PreTrainedModel  # noqa: F401
 
 
-def encoder_layers(text_encoder: CLIPTextModel) -> nn.ModuleList:
-    """The transformer layers; transformers < 5 nests the body in `text_model`."""
-    return getattr(text_encoder, "text_model", text_encoder).encoder.layers
+def text_transformer(text_encoder: CLIPTextModel) -> nn.Module:
+    """The CLIP text transformer (embeddings, encoder layers, final layer norm); transformers < 5
+    nests it in `text_encoder.text_model`."""
+    return getattr(text_encoder, "text_model", text_encoder)
 
 
 def bidirectional_layers(text_encoder: CLIPTextModel) -> int:
@@ -42,7 +44,7 @@ class BidirectionalCLIPTextModel(CLIPTextModel):
     def __init__(self, config: CLIPTextConfig):
         super().__init__(config)
         count = bidirectional_layers(self)
-        layers = encoder_layers(self)
+        layers = text_transformer(self).encoder.layers
         if not 1 <= count <= len(layers):
             raise ValueError(f"bidirectional_layers: expected 1..{len(layers)} (the encoder's layers), got {count!r}")
         for layer in layers[len(layers) - count:]:
