@@ -605,3 +605,55 @@ def test_build_unet_adds_a_ray_map_to_a_loaded_unet(tmp_path):
     with pytest.raises(ValueError, match="already has a ray map"):
         build_unet(OmegaConf.merge(cfg, {"pretrained": str(tmp_path / "with_rays"), "ray_map_fovy": 30.0}), "t2mv")
     assert build_unet(OmegaConf.create({"init": dict(TINY)}), "t2mv").ray_map_in is None
+
+
+# `sharpen_cross_attention`: the prompt's attention logits grow by gain², nothing else changes.
+
+def _hand_logits(attn, x, context):
+    """(B, heads, Q, K) attention logits of one diffusers `Attention`, written out: per head, the
+    query and key projections' dot product over sqrt(head dim)."""
+    heads = attn.heads
+    q, k = attn.to_q(x), attn.to_k(context)
+    q = q.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+    k = k.view(context.shape[0], context.shape[1], heads, -1).transpose(1, 2)
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
+
+@pytest.mark.parametrize("cls", [T2MVUNet, I2MVUNet])
+def test_sharpen_cross_attention_scales_only_the_prompt_logits(cls):
+    from diffusers.models.attention_processor import Attention
+
+    model = _model(cls)
+    before = copy.deepcopy(model)
+    cross = [n for n, m in model.named_modules() if isinstance(m, Attention) and m.is_cross_attention]
+    assert cross and not any(n.startswith("transformer_in") for n in cross)  # temporal attention is not the prompt's
+    model.sharpen_cross_attention(2.0)
+    old = before.state_dict()
+    for key, value in model.state_dict().items():
+        scaled = any(key.startswith(f"{n}.to_q.") or key.startswith(f"{n}.to_k.") for n in cross)
+        torch.testing.assert_close(value, old[key] * (2.0 if scaled else 1.0), rtol=0, atol=0)
+
+    attn, attn_before = model.get_submodule(cross[0]), before.get_submodule(cross[0])
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 6, attn.to_q.in_features, generator=g)
+    context = torch.randn(2, 5, attn.to_k.in_features, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(_hand_logits(attn, x, context), 4.0 * _hand_logits(attn_before, x, context))
+        # the hand-written logits are the ones the layer itself turns into attention weights
+        probs = attn.get_attention_scores(attn.head_to_batch_dim(attn.to_q(x)), attn.head_to_batch_dim(attn.to_k(context)))
+        torch.testing.assert_close(probs, _hand_logits(attn, x, context).softmax(-1).flatten(0, 1))
+    for bad in (0, -1.0, True, "2"):
+        with pytest.raises(ValueError, match="cross_attention_gain"):
+            model.sharpen_cross_attention(bad)
+
+
+def test_build_unet_applies_cross_attention_gain(tmp_path):
+    from diffusers.models.attention_processor import Attention
+
+    model = _model(T2MVUNet)
+    model.save_pretrained(tmp_path / "unet")
+    plain = build_unet(OmegaConf.create({"pretrained": str(tmp_path)}), "t2mv")
+    sharp = build_unet(OmegaConf.create({"pretrained": str(tmp_path), "cross_attention_gain": 3.0}), "t2mv")
+    layer = next(n for n, m in plain.named_modules() if isinstance(m, Attention) and m.is_cross_attention)
+    torch.testing.assert_close(sharp.get_submodule(layer).to_k.weight, 3.0 * plain.get_submodule(layer).to_k.weight)
+    assert sharp.config == plain.config  # the gain is in the weights, not the architecture

@@ -326,3 +326,34 @@ def test_tool_reports_seen_and_unseen_groups_over_seeds(toy_root, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         tool.main(["--data-root", str(toy_root), "--split", "train", "--captions", "unseen"])
     assert e.value.code == 2 and "--captions unseen: no such object" in capsys.readouterr().err
+
+
+def test_cross_attention_by_timestep_closed_form(toy_root):
+    from tiny_videomv import tiny_image_videomv, tiny_text_videomv
+
+    from videomv.eval.cross_attention import cross_attention_layers, token_roles
+    from videomv.toy.bar import cross_attention_by_timestep
+
+    model = tiny_text_videomv(with_reconstructor=False)
+    pipe = model.pipeline
+    objects = (toy_root / "test.txt").read_text().split()[:2]
+    tables = cross_attention_by_timestep(model, toy_root, objects, [999, 100])
+    layers = cross_attention_layers(pipe.unet)
+    assert list(tables) == [999, 100] and all(len(rows) == len(layers) + 1 for rows in tables.values())
+    for rows in tables.values():
+        for r in rows:
+            assert sum(r.shares.values()) == pytest.approx(1.0, abs=1e-5) and 0 < r.entropy <= r.uniform + 1e-6
+    # Closed form: with zero queries every location attends uniformly, so each role's share is its
+    # token count over 77 and the entropy is log 77.
+    for layer in layers.values():
+        torch.nn.init.zeros_(layer.to_q.weight)
+    captions = [toy_object_for(toy_root, o).caption for o in objects]
+    roles = token_roles(pipe.text_conditioner.tokenize(captions), pipe.tokenizer.eos_token_id)
+    counts = torch.stack([(roles == k).float().sum(1) for k in range(4)], 1).mean(0) / roles.shape[1]
+    for r in cross_attention_by_timestep(model, toy_root, objects, [500])[500]:
+        assert list(r.shares.values()) == pytest.approx(counts.tolist(), abs=1e-5)
+        assert r.entropy == pytest.approx(math.log(77), abs=1e-4) and r.uniform == pytest.approx(math.log(77))
+    with pytest.raises(ValueError, match="text model"):
+        cross_attention_by_timestep(tiny_image_videomv(with_reconstructor=False), toy_root, objects, [500])
+    with pytest.raises(ValueError, match="at least one"):
+        cross_attention_by_timestep(model, toy_root, [], [500])

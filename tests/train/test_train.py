@@ -933,6 +933,34 @@ def test_lr_scale_of_a_module_takes_its_parameters_out_of_the_models_group():
     assert lr_of[id(text.weight)] == pytest.approx(2e-3)
 
 
+def test_lr_scale_patterns_name_parameters_across_modules():
+    from videomv.train.engine import param_groups
+
+    blocks = torch.nn.ModuleDict({f"b{i}": torch.nn.ModuleDict({"attn2": torch.nn.ModuleDict(
+        {"to_q": torch.nn.Linear(2, 2), "to_k": torch.nn.Linear(2, 2), "to_v": torch.nn.Linear(2, 2)})})
+        for i in range(2)})
+    unet = torch.nn.ModuleDict({"blocks": blocks, "temp_attn2": torch.nn.ModuleDict({"to_q": torch.nn.Linear(2, 2)})})
+    groups = param_groups({"unet": unet}, 1e-3, {"unet.blocks.*.attn2.to_[qk]": 10.0, "unet.blocks.b1.attn2.to_q.bias": 3.0})
+    got = {name: lr for g in groups for name, p in unet.named_parameters() for lr in [g["lr"]]
+           if any(p is q for q in g["params"])}
+    assert len(got) == 14  # every parameter in exactly one group
+    expected = {n: 1e-3 for n, _ in unet.named_parameters()}
+    for i in range(2):
+        for proj in ("to_q", "to_k"):
+            expected.update({f"blocks.b{i}.attn2.{proj}.weight": 1e-2, f"blocks.b{i}.attn2.{proj}.bias": 1e-2})
+    expected["blocks.b1.attn2.to_q.bias"] = 3e-3  # the longer key wins
+    assert got == pytest.approx(expected)  # to_v and temp_attn2 stay at the model's rate
+    with pytest.raises(ValueError, match=r"no trainable parameters under 'unet.\*.attn3'"):
+        param_groups({"unet": unet}, 1e-3, {"unet.*.attn3": 2.0})
+
+
+def test_cross_attention_gain_must_be_a_positive_number():
+    assert tiny_config("unet.cross_attention_gain=2.5").unet.cross_attention_gain == 2.5
+    for bad in ("0", "-1"):
+        with pytest.raises(ValueError, match="unet.cross_attention_gain"):
+            tiny_config(f"unet.cross_attention_gain={bad}")
+
+
 def test_lr_scale_reaches_the_text_encoder_in_training(tmp_path, toy_root, monkeypatch):
     import videomv.train.engine as engine_module
 

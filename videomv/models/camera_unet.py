@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.models.attention_processor import Attention
 from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device
 from torch import nn
 
@@ -75,6 +76,23 @@ class CameraConditionedMixin:
         self._create_ray_map_in(fovy_deg)
         self.ray_map_in.to(device=self.conv_in.weight.device, dtype=self.conv_in.weight.dtype)
         self.register_to_config(ray_map_fovy=float(fovy_deg))
+
+    @torch.no_grad()
+    def sharpen_cross_attention(self, gain: float) -> None:
+        """Multiply every cross-attention's query and key projections by `gain`, so its logits grow
+        by gain²: attention to the prompt that training left nearly uniform (each location reading
+        the mean of all 77 tokens, and so every colour named) starts more selective, and training
+        adapts the rest. The weights change; the architecture and config do not."""
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain > 0:
+            raise ValueError(f"cross_attention_gain: expected a number > 0, got {gain!r}")
+        layers = [m for m in self.modules() if isinstance(m, Attention) and m.is_cross_attention]
+        if not layers:
+            raise ValueError(f"cross_attention_gain: {type(self).__name__} has no cross-attention layer")
+        for attn in layers:
+            for proj in (attn.to_q, attn.to_k):
+                proj.weight.mul_(gain)
+                if proj.bias is not None:
+                    proj.bias.mul_(gain)
 
     def ray_map(self, cameras: torch.Tensor, camera_mask, batch_size: int, num_frames: int, height: int,
                 width: int) -> torch.Tensor:

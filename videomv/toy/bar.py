@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from videomv.data.common import composite as data_composite
+from videomv.eval.cross_attention import attention_shares, record_cross_attention, token_roles
 from videomv.eval.metrics import psnr
 from videomv.models.denoise import MultiViewCondition, denoise
 from videomv.models.latents import smooth_noise
@@ -254,4 +255,31 @@ def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed
         result[t] = {k: mean(losses[k]) for k in ("own", "other", "empty")}
         result[t]["stacked_own"] = mean([losses["own"][i] for i in stacked])
         result[t]["stacked_swapped"] = mean(losses["swapped"])
+    return result
+
+
+def cross_attention_by_timestep(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict:
+    """Where the text model's cross-attention looks (`videomv.eval.cross_attention`) while it
+    denoises toy objects' views noised to each of `timesteps` under their own captions:
+    {t: [AttentionShares per layer, then all layers]}."""
+    s = model.settings
+    if s.task != "text":
+        raise ValueError(f"cross_attention_by_timestep probes a text model; this one is a {s.task!r} model")
+    if not object_ids:
+        raise ValueError("object_ids: expected at least one toy object")
+    pipe, scheduler, unet = model.pipeline, model.pipeline.scheduler, model.pipeline.unet
+    views = [object_views(model, root, o) for o in object_ids]
+    captions = [obj.caption for obj, _, _ in views]
+    roles = token_roles(pipe.text_conditioner.tokenize(captions), pipe.tokenizer.eos_token_id)
+    contexts = pipe.encode_prompt(captions, None, do_cfg=False).to(unet.dtype)
+    result = {}
+    for t in timesteps:
+        step = torch.tensor([t], device=pipe.device)
+        with record_cross_attention(unet) as records:
+            for i, (_, cams, truth) in enumerate(views):
+                z = model.encode(truth[None].to(pipe.device, unet.dtype))
+                noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i))
+                noisy = scheduler.add_noise(z, noise.to(z), step)
+                denoise(unet, noisy, step, MultiViewCondition(contexts[i : i + 1], cams[None].to(z)))
+        result[t] = attention_shares(records, [roles[i : i + 1] for i in range(len(views))])
     return result

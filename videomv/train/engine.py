@@ -8,6 +8,7 @@ restore or seed, then one :meth:`Trainer.step` per optimizer step, then finish.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
@@ -102,12 +103,20 @@ def _skipped_entry(entry) -> dict:
     return {"id": str(entry), "reason": ""}
 
 
+def _holds(key: str, name: str) -> bool:
+    """Whether `lr_scale` key `key` (a module path or a shell pattern) holds parameter `name`."""
+    if any(c in key for c in "*?["):
+        return fnmatch.fnmatchcase(name, key) or fnmatch.fnmatchcase(name, key + ".*")
+    return name == key or name.startswith(key + ".")
+
+
 def param_groups(models: dict[str, torch.nn.Module], lr: float, lr_scale) -> list[dict]:
     """The trainable parameters of `models` as AdamW parameter groups: one group at `lr` without
     `lr_scale` (what runs and their checkpoints always had), else one group per key of `lr_scale`
     and one per model for the rest. A key names a model ("text_encoder") or a part of one
-    ("unet.ray_map_in": the parameters under that module); a parameter takes the factor of the
-    longest key that holds it, and 1 where none does."""
+    ("unet.ray_map_in": the parameters under that module), or is a shell pattern over those names
+    ("unet.*.attn2.to_q": every cross-attention's query projection); a parameter takes the factor
+    of the longest key that holds it, and 1 where none does."""
     lr_scale = {str(k): float(v) for k, v in dict(lr_scale).items()}
     if not lr_scale:
         params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
@@ -118,7 +127,7 @@ def param_groups(models: dict[str, torch.nn.Module], lr: float, lr_scale) -> lis
             if not p.requires_grad:
                 continue
             full = f"{name}.{pname}"
-            keys = [k for k in lr_scale if full == k or full.startswith(k + ".")]
+            keys = [k for k in lr_scale if _holds(k, full)]
             groups.setdefault(max(keys, key=len) if keys else name, []).append(p)
     unknown = sorted(set(lr_scale) - set(groups))
     if unknown:

@@ -77,6 +77,9 @@ def build_unet(model_cfg: DictConfig, kind: str):
     fovy = model_cfg.get("ray_map_fovy")
     if fovy is not None and unet.config.get("ray_map_fovy") != fovy:
         unet.add_ray_map(fovy)  # raises when the loaded UNet has a ray map of another field of view
+    gain = model_cfg.get("cross_attention_gain", 1.0)
+    if gain != 1.0:
+        unet.sharpen_cross_attention(gain)  # a resumed run loads its checkpoint's weights over this
     return unet
 
 

@@ -176,6 +176,7 @@ class UNetSourceConfig:
     pretrained: Optional[str] = None
     subfolder: str = "unet"
     ray_map_fovy: Optional[float] = None  # give a loaded UNet a zero-initialised ray-map input (add_ray_map)
+    cross_attention_gain: float = 1.0  # scale a new run's cross-attention query and key projections
 
 
 @dataclass
@@ -321,6 +322,7 @@ RANGES = [
     ("model.kind", lambda v: v in ("t2mv", "i2mv"), "t2mv or i2mv"),
     ("text_encoder.extra_layers", lambda v: v >= 0, "an integer >= 0"),
     ("text_encoder.bidirectional_layers", lambda v: v >= 0, "an integer >= 0"),
+    ("unet.cross_attention_gain", lambda v: v > 0, "a number > 0"),
     ("unet.ray_map_fovy", lambda v: v is None or 0 < v < 180, "null or a field of view in degrees in (0, 180)"),
     ("data.resolution", lambda v: v >= 1, "an integer >= 1"),
     ("data.num_views", lambda v: v >= 1, "an integer >= 1"),

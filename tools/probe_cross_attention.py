@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Where does the text model's cross-attention look? Per layer, the share of attention on the
+start token, the caption's words, the end token and the padding, and the mean entropy of one
+location's attention against uniform attention over all 77 tokens, on toy objects' views noised
+to fixed timesteps (see `videomv/eval/cross_attention.py`).
+
+    python tools/probe_cross_attention.py --model data/embedded/t2mv --limit 16 --timesteps 999 500 100
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from videomv.eval.cross_attention import TOKEN_ROLES
+from videomv.sampling.system import VideoMV
+from videomv.toy.bar import cross_attention_by_timestep
+from videomv.toy.cli import add_toy_objects_args, toy_objects
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_toy_objects_args(p, split="test")
+    p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv", help="a text model folder")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[999, 500, 100])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    objects = toy_objects(p, args)
+    model = VideoMV.from_pretrained(args.model)
+    last = model.pipeline.scheduler.config.num_train_timesteps - 1
+    bad = [t for t in args.timesteps if not 0 <= t <= last]
+    if bad:
+        p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
+    tables = cross_attention_by_timestep(model, args.data_root, objects, args.timesteps, args.seed)
+    print(f"cross-attention of {args.model} on {len(objects)} {args.split} objects (own captions)")
+    for t, rows in tables.items():
+        print(f"\nt = {t}\n\n| layer | " + " | ".join(TOKEN_ROLES) + " | entropy / uniform |")
+        print("|---|" + "---|" * (len(TOKEN_ROLES) + 1))
+        for r in rows:
+            shares = " | ".join(f"{r.shares[k]:.3f}" for k in TOKEN_ROLES)
+            print(f"| {r.layer} | {shares} | {r.entropy:.2f} / {r.uniform:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

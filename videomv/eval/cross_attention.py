@@ -1,0 +1,137 @@
+"""Where a UNet's cross-attention looks in the prompt.
+
+`record_cross_attention(unet)` puts a recording processor into every cross-attention layer for the
+length of a `with` block. Each layer computes what it computed before, softmax(QK^T / sqrt(d)) V
+written out so that the weights can be read, and records per context row its weights averaged
+over heads and query locations, and the mean entropy of one location's weights.
+`attention_shares` groups the weights by the tokens' roles: the start token, the prompt's words,
+the end token and the padding after it.
+
+A layer whose locations spread their attention evenly over all 77 tokens (entropy near log 77)
+hands every location the mean of the prompt, which names every part's colour; only a layer that
+attends selectively can put each part's colour where that part is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+TOKEN_ROLES = ("start", "words", "end", "padding")
+
+
+def token_roles(ids: torch.Tensor, end_id: int) -> torch.Tensor:
+    """(B, T) token ids -> (B, T) indices into `TOKEN_ROLES`: position 0 is the start token, the
+    first `end_id` the end token, the positions between them the words and those after it padding
+    (whatever token pads them)."""
+    if ids.ndim != 2:
+        raise ValueError(f"ids: expected (batch, tokens) token ids, got shape {tuple(ids.shape)}")
+    is_end = ids == end_id
+    if not bool(is_end[:, 1:].any(1).all()):
+        raise ValueError(f"ids: every row needs an end token ({end_id}) after its start token")
+    end = is_end[:, 1:].float().argmax(1) + 1  # the first end token after position 0
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    roles = torch.full_like(ids, TOKEN_ROLES.index("words"))
+    roles[:, 0] = TOKEN_ROLES.index("start")
+    roles = torch.where(pos == end[:, None], TOKEN_ROLES.index("end"), roles)
+    return torch.where(pos > end[:, None], TOKEN_ROLES.index("padding"), roles)
+
+
+class _RecordingProcessor:
+    """Plain (unfused) attention that appends (weights (rows, K), entropy (rows,)) to `records`."""
+
+    def __init__(self, records: list):
+        self.records = records
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
+            raise ValueError("record_cross_attention: expected (batch, tokens, channels) inputs to an attention "
+                             "layer without spatial or group norm, as the video UNets' transformer blocks have")
+        residual = hidden_states
+        context = encoder_hidden_states
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        rows, keys = context.shape[:2]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, keys, rows)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        weights = attn.get_attention_scores(query, key, attention_mask)  # (rows * heads, Q, K)
+        out = attn.batch_to_head_dim(torch.bmm(weights, value))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        out = out / attn.rescale_output_factor
+
+        w = weights.detach().float().view(rows, attn.heads, *weights.shape[1:])
+        entropy = -(w * w.clamp_min(1e-12).log()).sum(-1)
+        self.records.append((w.mean((1, 2)).cpu(), entropy.mean((1, 2)).cpu()))
+        return out
+
+
+def cross_attention_layers(unet: torch.nn.Module) -> dict[str, Attention]:
+    """The UNet's attention layers over the prompt, by module name (temporal and spatial
+    self-attention left out)."""
+    return {n: m for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention}
+
+
+@contextmanager
+def record_cross_attention(unet: torch.nn.Module) -> Iterator[dict[str, list]]:
+    """Within the block, every cross-attention layer of `unet` records each call: yields {layer
+    name: [(weights (rows, K), entropy (rows,)), ...]}. The layers' processors are restored on exit."""
+    layers = cross_attention_layers(unet)
+    if not layers:
+        raise ValueError(f"record_cross_attention: {type(unet).__name__} has no cross-attention layer")
+    saved = {name: layer.processor for name, layer in layers.items()}
+    records: dict[str, list] = {name: [] for name in layers}
+    try:
+        for name, layer in layers.items():
+            layer.set_processor(_RecordingProcessor(records[name]))
+        yield records
+    finally:
+        for name, layer in layers.items():
+            layer.set_processor(saved[name])
+
+
+@dataclass
+class AttentionShares:
+    """One layer's (or all layers' mean) attention: the share on each of `TOKEN_ROLES`, and the mean
+    entropy of a location's weights against that of uniform weights over every token."""
+
+    layer: str
+    shares: dict[str, float]
+    entropy: float
+    uniform: float
+
+
+def attention_shares(records: dict[str, list], roles: list[torch.Tensor]) -> list[AttentionShares]:
+    """Per layer, then "all layers" (their mean): `records` from `record_cross_attention` over some
+    calls, `roles` the (B, K) `token_roles` of each call's prompts in the same order. A call's
+    context rows may repeat each prompt (the video UNets run frames as batch)."""
+    if not records:
+        raise ValueError("records: no cross-attention layer was recorded")
+    result = []
+    for name, calls in records.items():
+        if len(calls) != len(roles):
+            raise ValueError(f"{name}: recorded {len(calls)} calls, but roles were given for {len(roles)}")
+        totals, entropy, rows = torch.zeros(len(TOKEN_ROLES)), 0.0, 0
+        for (weights, ent), call_roles in zip(calls, roles):
+            if weights.shape[0] % call_roles.shape[0] or weights.shape[1] != call_roles.shape[1]:
+                raise ValueError(f"{name}: weights {tuple(weights.shape)} do not fit roles {tuple(call_roles.shape)}")
+            r = call_roles.repeat_interleave(weights.shape[0] // call_roles.shape[0], dim=0)
+            totals += torch.zeros(weights.shape[0], len(TOKEN_ROLES)).scatter_add_(1, r.cpu(), weights).sum(0)
+            entropy += float(ent.sum())
+            rows += weights.shape[0]
+        keys = roles[0].shape[1]
+        result.append(AttentionShares(name, dict(zip(TOKEN_ROLES, (totals / rows).tolist())), entropy / rows,
+                                      math.log(keys)))
+    mean = AttentionShares("all layers", {k: sum(r.shares[k] for r in result) / len(result) for k in TOKEN_ROLES},
+                           sum(r.entropy for r in result) / len(result), result[0].uniform)
+    return result + [mean]
