@@ -246,6 +246,30 @@ def test_text_conditioner_tiny_and_from_pretrained(tmp_path):
                        conditioner.tokenize(["a chair"]))
 
 
+@pytest.mark.parametrize("clip_skip", [None, 1])
+def test_zero_padding_zeroes_what_follows_the_end_token_and_saves(tmp_path, clip_skip):
+    from videomv.models.conditioning import padding_mask
+
+    conditioner = TextConditioner.tiny(hidden_size=32)
+    prompts = ["a red cube on top of a blue cylinder", "a green torus"]
+    plain = conditioner.encode(prompts, clip_skip)
+    conditioner.zero_padding = True
+    zeroed = conditioner.encode(prompts, clip_skip)
+    ids = conditioner.tokenize(prompts)
+    end = [row.index(conditioner.tokenizer.eos_token_id, 1) for row in ids.tolist()]
+    for b, e in enumerate(end):
+        assert torch.equal(zeroed[b, : e + 1], plain[b, : e + 1])  # start, words and end token as before
+        assert not zeroed[b, e + 1 :].any() and plain[b, e + 1 :].abs().sum() > 0
+    assert padding_mask(ids, conditioner.tokenizer.eos_token_id).sum(1).tolist() == [77 - e - 1 for e in end]
+    conditioner.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    loaded = TextConditioner.from_pretrained(str(tmp_path))
+    assert loaded.zero_padding and torch.equal(loaded.encode(prompts, clip_skip), zeroed)
+    with pytest.raises(ValueError, match="zero_padding"):
+        conditioner.zero_padding = 1
+    with pytest.raises(ValueError, match="end token"):
+        padding_mask(torch.tensor([[49406, 320, 0]]), 49407)
+
+
 def test_identity_layers_keep_the_output_then_train(tmp_path):
     conditioner = TextConditioner.tiny(hidden_size=32)
     prompts = ["a red cube on top of a blue cylinder", "a green torus"]

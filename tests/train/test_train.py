@@ -792,6 +792,28 @@ def test_extra_text_layers_are_trained_and_exported(tmp_path, toy_root):
         tiny_config("text_encoder.bidirectional_layers=-1")
 
 
+def test_zero_padding_trains_and_exports_with_the_pipeline(tmp_path, toy_root, monkeypatch):
+    import videomv.train.mv as mv_module
+    from videomv.sampling.system import load_pipeline
+
+    seen = []
+    real = mv_module.MultiViewCondition
+
+    def spy(text, *args, **kwargs):
+        seen.append(text.detach().clone())
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(mv_module, "MultiViewCondition", spy)
+    out = tmp_path / "zeroed"
+    run(out, toy_root, "max_steps=1", "ema.enabled=false", "text_encoder.zero_padding=true")
+    assert seen and all(not ctx[:, -10:].any() for ctx in seen)  # toy captions end well before token 67
+    assert json.loads((out / "final" / "text_encoder" / "config.json").read_text())["zero_padding"] is True
+    pipe = load_pipeline(out / "final")
+    cond, uncond = pipe.prompt_embeddings(["a red cube"], None, do_cfg=True)
+    assert not cond[0, 5:].any() and not uncond[0, 2:].any()  # after "<start> a red cube <end>" and "<start> <end>"
+    assert cond[0, :5].abs().sum() > 0
+
+
 def test_object_weights_and_the_weighted_diffusion_loss_by_hand():
     from videomv.train.losses import object_weights
 

@@ -22,24 +22,23 @@ from typing import Iterator
 import torch
 from diffusers.models.attention_processor import Attention
 
+from videomv.models.conditioning import padding_mask
+
 TOKEN_ROLES = ("start", "words", "end", "padding")
 
 
 def token_roles(ids: torch.Tensor, end_id: int) -> torch.Tensor:
     """(B, T) token ids -> (B, T) indices into `TOKEN_ROLES`: position 0 is the start token, the
-    first `end_id` the end token, the positions between them the words and those after it padding
-    (whatever token pads them)."""
-    if ids.ndim != 2:
-        raise ValueError(f"ids: expected (batch, tokens) token ids, got shape {tuple(ids.shape)}")
-    is_end = ids == end_id
-    if not bool(is_end[:, 1:].any(1).all()):
-        raise ValueError(f"ids: every row needs an end token ({end_id}) after its start token")
-    end = is_end[:, 1:].float().argmax(1) + 1  # the first end token after position 0
-    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    first `end_id` after it the end token, the positions between them the words and those after it
+    padding (`videomv.models.conditioning.padding_mask`)."""
+    padding = padding_mask(ids, end_id)
+    end = padding.float().argmax(1, keepdim=True) - 1  # padding starts right after the end token
+    end = torch.where(padding.any(1, keepdim=True), end, torch.full_like(end, ids.shape[1] - 1))
+    pos = torch.arange(ids.shape[1], device=ids.device)[None].expand_as(ids)
     roles = torch.full_like(ids, TOKEN_ROLES.index("words"))
-    roles[:, 0] = TOKEN_ROLES.index("start")
-    roles = torch.where(pos == end[:, None], TOKEN_ROLES.index("end"), roles)
-    return torch.where(pos > end[:, None], TOKEN_ROLES.index("padding"), roles)
+    roles = torch.where(pos == 0, TOKEN_ROLES.index("start"), roles)
+    roles = torch.where(pos == end, TOKEN_ROLES.index("end"), roles)
+    return torch.where(padding, TOKEN_ROLES.index("padding"), roles)
 
 
 class _RecordingProcessor:

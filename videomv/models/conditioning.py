@@ -78,6 +78,18 @@ def uses_bundled_tokenizer(path, tokenizer_subfolder: str = "tokenizer") -> bool
     return os.path.isdir(path) and not os.path.isdir(os.path.join(path, tokenizer_subfolder))
 
 
+def padding_mask(ids: torch.Tensor, end_id: int) -> torch.Tensor:
+    """(B, T) token ids -> (B, T) bool, true at the padding: every position after the first end
+    token that follows the start token (whichever token pads the rest)."""
+    if ids.ndim != 2:
+        raise ValueError(f"ids: expected (batch, tokens) token ids, got shape {tuple(ids.shape)}")
+    is_end = ids[:, 1:] == end_id
+    if not bool(is_end.any(1).all()):
+        raise ValueError(f"ids: every row needs an end token ({end_id}) after its start token")
+    end = is_end.float().argmax(1) + 1
+    return torch.arange(ids.shape[1], device=ids.device)[None] > end[:, None]
+
+
 class TextConditioner(nn.Module):
     """Tokenizer + `CLIPTextModel`: prompts -> (B, 77, D) token embeddings (last hidden state)."""
 
@@ -166,14 +178,32 @@ class TextConditioner(nn.Module):
 
     def encode(self, prompts: list[str], clip_skip: int | None = None, text_encoder=None) -> torch.Tensor:
         """(B, 77, D) token embeddings: the last hidden state, or with `clip_skip` = k the output of
-        the k-th layer from the end passed through the final layer norm (as diffusers' pipelines).
+        the k-th layer from the end passed through the final layer norm (as diffusers' pipelines);
+        zero after the end token where `zero_padding` is set.
         `text_encoder`: a wrapper of this conditioner's model to run instead (e.g. DDP in training)."""
         ids = self.tokenize(prompts).to(self.device)
         model = self.text_encoder if text_encoder is None else text_encoder
         if clip_skip is None:
-            return model(ids)[0]
-        hidden = model(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-        return self.transformer.final_layer_norm(hidden)
+            out = model(ids)[0]
+        else:
+            hidden = model(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+            out = self.transformer.final_layer_norm(hidden)
+        if self.zero_padding:
+            out = out.masked_fill(padding_mask(ids, self.tokenizer.eos_token_id)[..., None], 0.0)
+        return out
+
+    @property
+    def zero_padding(self) -> bool:
+        """Whether the embeddings after the prompt's end token are zero (`text_encoder/config.json`
+        keeps `zero_padding`). A causal encoder's padding has read the whole prompt, so a UNet can
+        take every colour and shape from it at once; zeroed, only the prompt's own tokens carry it."""
+        return bool(getattr(self.text_encoder.config, "zero_padding", False))
+
+    @zero_padding.setter
+    def zero_padding(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"zero_padding: expected true or false, got {value!r}")
+        self.text_encoder.config.zero_padding = value
 
 
 UNCONDITIONAL_IMAGE = ("embedding", "image")

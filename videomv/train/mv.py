@@ -105,6 +105,8 @@ def build_text_conditioner(text_cfg: DictConfig):
             raise ValueError(f"text_encoder.bidirectional_layers={both_ways} needs text_encoder.train=true: "
                              "the encoder's output changes and only training adapts the UNet to it")
         conditioner.attend_both_ways(both_ways)  # raises for a loaded encoder already bidirectional
+    if text_cfg.get("zero_padding"):
+        conditioner.zero_padding = True  # a loaded encoder that has it keeps it either way
     return conditioner
 
 

@@ -187,6 +187,7 @@ class TextEncoderConfig:
     kwargs: Optional[Dict[str, Any]] = None
     extra_layers: int = 0  # layers appended to the loaded encoder, starting as the identity
     bidirectional_layers: int = 0  # the last n layers (appended ones included) attend both ways
+    zero_padding: bool = False  # prompt embeddings after the end token are zero (kept in the encoder's config)
 
 
 @dataclass
