@@ -115,8 +115,8 @@ def param_groups(models: dict[str, torch.nn.Module], lr: float, lr_scale) -> lis
     `lr_scale` (what runs and their checkpoints always had), else one group per key of `lr_scale`
     and one per model for the rest. A key names a model ("text_encoder") or a part of one
     ("unet.ray_map_in": the parameters under that module), or is a shell pattern over those names
-    ("unet.*.attn2.to_q": every cross-attention's query projection); a parameter takes the factor
-    of the longest key that holds it, and 1 where none does."""
+    ("unet.*.attentions.*.attn2.to_q": every cross-attention's query projection); a parameter
+    takes the factor of the longest key that holds it, and 1 where none does."""
     lr_scale = {str(k): float(v) for k, v in dict(lr_scale).items()}
     if not lr_scale:
         params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
