@@ -10,33 +10,17 @@ to fixed timesteps (see `videomv/eval/cross_attention.py`).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import torch
 
 from videomv.eval.cross_attention import TOKEN_ROLES
-from videomv.sampling.system import VideoMV
 from videomv.toy.bar import cross_attention_by_timestep
-from videomv.toy.cli import add_toy_objects_args, toy_objects
-
-REPO = Path(__file__).resolve().parents[1]
+from videomv.toy.cli import add_text_probe_args, text_probe_inputs
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_toy_objects_args(p, split="test")
-    p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv", help="a text model folder")
-    p.add_argument("--timesteps", type=int, nargs="+", default=[999, 500, 100])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_text_probe_args(p, split="test", timesteps=[999, 500, 100])
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    objects = toy_objects(p, args)
-    model = VideoMV.from_pretrained(args.model)
-    last = model.pipeline.scheduler.config.num_train_timesteps - 1
-    bad = [t for t in args.timesteps if not 0 <= t <= last]
-    if bad:
-        p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
+    objects, model = text_probe_inputs(p, args)
     tables = cross_attention_by_timestep(model, args.data_root, objects, args.timesteps, args.seed)
     print(f"cross-attention of {args.model} on {len(objects)} {args.split} objects (own captions)")
     for t, rows in tables.items():

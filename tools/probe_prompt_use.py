@@ -9,34 +9,18 @@ objects with their own caption and with its parts swapped (see `videomv/toy/bar.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import torch
 
 from videomv.toy.bar import prompt_losses
-from videomv.toy.cli import add_toy_objects_args, toy_objects
+from videomv.toy.cli import add_text_probe_args, text_probe_inputs
 from videomv.toy.references import toy_object_for
 from videomv.toy.world import order_shows
-from videomv.sampling.system import VideoMV
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_toy_objects_args(p, split="train")
-    p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv", help="a text model folder")
-    p.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950, 999])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_text_probe_args(p, split="train", timesteps=[50, 200, 400, 600, 800, 950, 999])
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    objects = toy_objects(p, args)
-    model = VideoMV.from_pretrained(args.model)
-    last = model.pipeline.scheduler.config.num_train_timesteps - 1
-    bad = [t for t in args.timesteps if not 0 <= t <= last]
-    if bad:
-        p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
+    objects, model = text_probe_inputs(p, args)
     rows = prompt_losses(model, args.data_root, objects, args.timesteps, args.seed)
     stacked = sum(order_shows(toy_object_for(args.data_root, o).recipe) for o in objects)
     print(f"training loss of {args.model} on {len(objects)} {args.split} objects, {stacked} of them stacked")

@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 from diffusers.models.attention_processor import Attention
 
+from videomv.models.camera_unet import cross_attention_layers
 from videomv.models.conditioning import padding_mask
 
 TOKEN_ROLES = ("start", "words", "end", "padding")
@@ -73,12 +74,6 @@ class _RecordingProcessor:
         entropy = -(w * w.clamp_min(1e-12).log()).sum(-1)
         self.records.append((w.mean((1, 2)).cpu(), entropy.mean((1, 2)).cpu()))
         return out
-
-
-def cross_attention_layers(unet: torch.nn.Module) -> dict[str, Attention]:
-    """The UNet's attention layers over the prompt, by module name (temporal and spatial
-    self-attention left out)."""
-    return {n: m for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention}
 
 
 @contextmanager

@@ -33,6 +33,12 @@ def timestep_batch(timestep, batch_size: int, device) -> torch.Tensor:
 MULTIVIEW_CONFIG_KEYS = ("camera_dim", "camera_embed_dim", "ray_map_fovy")
 
 
+def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
+    """The UNet's attention layers over the prompt, by module name (temporal and spatial
+    self-attention left out)."""
+    return {n: m for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention}
+
+
 class CameraConditionedMixin:
     """The shared part of the camera-conditioned UNets.
 
@@ -85,10 +91,10 @@ class CameraConditionedMixin:
         adapts the rest. The weights change; the architecture and config do not."""
         if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain > 0:
             raise ValueError(f"cross_attention_gain: expected a number > 0, got {gain!r}")
-        layers = [m for m in self.modules() if isinstance(m, Attention) and m.is_cross_attention]
+        layers = cross_attention_layers(self)
         if not layers:
             raise ValueError(f"cross_attention_gain: {type(self).__name__} has no cross-attention layer")
-        for attn in layers:
+        for attn in layers.values():
             for proj in (attn.to_q, attn.to_k):
                 proj.weight.mul_(gain)
                 if proj.bias is not None:

@@ -272,12 +272,12 @@ def cross_attention_by_timestep(model, root, object_ids: list[str], timesteps: l
     captions = [obj.caption for obj, _, _ in views]
     roles = token_roles(pipe.text_conditioner.tokenize(captions), pipe.tokenizer.eos_token_id)
     contexts = pipe.encode_prompt(captions, None, do_cfg=False).to(unet.dtype)
+    latents = [model.encode(truth[None].to(pipe.device, unet.dtype)) for _, _, truth in views]  # the same at every t
     result = {}
     for t in timesteps:
         step = torch.tensor([t], device=pipe.device)
         with record_cross_attention(unet) as records:
-            for i, (_, cams, truth) in enumerate(views):
-                z = model.encode(truth[None].to(pipe.device, unet.dtype))
+            for i, ((_, cams, _), z) in enumerate(zip(views, latents)):
                 noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i))
                 noisy = scheduler.add_noise(z, noise.to(z), step)
                 denoise(unet, noisy, step, MultiViewCondition(contexts[i : i + 1], cams[None].to(z)))

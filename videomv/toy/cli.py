@@ -29,6 +29,33 @@ def toy_objects(p: argparse.ArgumentParser, args) -> list[str]:
         p.error(f"--data-root: {e}; build the toy world with tools/make_toy_dataset.py")
 
 
+def add_text_probe_args(p: argparse.ArgumentParser, split: str, timesteps: list[int]) -> None:
+    """The toy objects' arguments and --model / --timesteps / --seed / --threads of the tools that
+    probe a text model at fixed timesteps (tools/probe_prompt_use.py, tools/probe_cross_attention.py)."""
+    add_toy_objects_args(p, split=split)
+    p.add_argument("--model", type=Path, default=REPO / "data" / "embedded" / "t2mv", help="a text model folder")
+    p.add_argument("--timesteps", type=int, nargs="+", default=timesteps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def text_probe_inputs(p: argparse.ArgumentParser, args):
+    """(object ids, model) for `add_text_probe_args`' arguments, after setting the thread count;
+    timesteps outside the model's schedule are a usage error."""
+    import torch
+
+    from videomv.sampling.system import VideoMV
+
+    torch.set_num_threads(args.threads)
+    objects = toy_objects(p, args)
+    model = VideoMV.from_pretrained(args.model)
+    last = model.pipeline.scheduler.config.num_train_timesteps - 1
+    bad = [t for t in args.timesteps if not 0 <= t <= last]
+    if bad:
+        p.error(f"--timesteps: expected values in [0, {last}], got {bad}")
+    return objects, model
+
+
 # The toy world the embedded models were trained on (configs/toy_*.yaml, data.toy).
 DEFAULT_TOY = {"num_objects": 2000, "resolution": 64, "seed": 0}
 
