@@ -3,7 +3,6 @@ base folder in, a VideoMV folder out that `VideoMV.from_pretrained` and `scripts
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,15 +16,13 @@ from videomv.convert import to_release_state_dict
 from videomv.recon import Reconstructor
 from videomv.sampling.parity import settings_for
 from videomv.sampling.system import VideoMV
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("convert_release", REPO / "tools" / "convert_release.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_release.py")
 
 
 def release_files(tmp_path: Path, system: VideoMV, task: str):

@@ -4,7 +4,6 @@ against ground truth, view subsets), Table 3 (geometry), the result tables and t
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -29,6 +28,7 @@ from videomv.eval.subsets import view_subset
 from videomv.eval.suite import MetricSuite
 from videomv.eval.view_sets import ViewSet
 from videomv.geometry import get_rays, orbit_camera, orbit_cameras
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 GREY = (0.5, 0.5, 0.5)
@@ -246,11 +246,8 @@ def test_reference_mesh_and_visual_hull_of_a_sphere():
     assert metrics["volume_iou"] > 0.85 and metrics["chamfer"] < 0.03
 
 
-def load_script(name: str, folder: str = "scripts"):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), REPO / folder / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_repo_script(name: str, folder: str = "scripts"):
+    return load_script(f"{folder}/{name}")
 
 
 def test_geometry_script_on_a_toy_sphere_object(tmp_path):
@@ -263,7 +260,7 @@ def test_geometry_script_on_a_toy_sphere_object(tmp_path):
     (root / "toyworld.json").write_text(json.dumps({"generator": "videomv.toy.world", "seed": 0, "resolution": 32,
                                                   "layout": "<dir_id>/<obj_id>/campos_512_v4/<view:05d>/<view:05d>.png"}))
     out = tmp_path / "t3"
-    assert load_script("eval_geometry.py").main(["--data-root", str(root), "--grid", "48", "--reference-resolution",
+    assert load_repo_script("eval_geometry.py").main(["--data-root", str(root), "--grid", "48", "--reference-resolution",
                                                  "64", "--out", str(out)]) == 0
     rows = read_csv(out / "table3.csv")
     assert [r["item"] for r in rows] == [key, "mean"]
@@ -298,7 +295,7 @@ def test_eval_t2mv_generates_scores_and_rereads_view_sets(tiny_text_dir, tmp_pat
     prompts.write_text("# two prompts\na red cube\n\na blue sphere next to a green cone\n")
     out = tmp_path / "run"
     fit = ["--fit-iters", "2", "--fit-gaussians", "50", "--fit-resolution", "16"]
-    script = load_script("eval_t2mv.py")
+    script = load_repo_script("eval_t2mv.py")
     assert script.main(["--prompts", str(prompts), "--model", str(tiny_text_dir), "--steps", "2", "--seed", "3",
                         "--no-3d-aware", "--out", str(out), *fit]) == 0
     printed = capsys.readouterr().out
@@ -321,7 +318,7 @@ def test_eval_t2mv_generates_scores_and_rereads_view_sets(tiny_text_dir, tmp_pat
 
 
 def test_eval_t2mv_ground_truth_mode_and_bad_input(toy_root, tmp_path, capsys):
-    script = load_script("eval_t2mv.py")
+    script = load_repo_script("eval_t2mv.py")
     out = tmp_path / "gt"
     assert script.main(["--data-root", str(toy_root), "--limit", "1", "--fit-iters", "2", "--fit-gaussians", "50",
                         "--fit-resolution", "16", "--out", str(out)]) == 0
@@ -341,7 +338,7 @@ def test_eval_i2mv_script_with_a_tiny_image_model(toy_root, tmp_path):
     model_dir = tmp_path / "tiny_i2mv"
     tiny_image_videomv().save_pretrained(model_dir)
     out = tmp_path / "t2"
-    assert load_script("eval_i2mv.py").main(["--data-root", str(toy_root), "--model", str(model_dir), "--limit", "1",
+    assert load_repo_script("eval_i2mv.py").main(["--data-root", str(toy_root), "--model", str(model_dir), "--limit", "1",
                                              "--steps", "2", "--no-3d-aware", "--subset", "every3", "az45",
                                              "--out", str(out)]) == 0
     for subset in ("every3", "az45"):
@@ -361,7 +358,7 @@ def test_results_tables_tool_end_to_end(toy_root, tmp_path):
     tiny_text_videomv(with_reconstructor=True).save_pretrained(t2mv)
     tiny_image_videomv(with_reconstructor=True).save_pretrained(i2mv)
     results, runs = tmp_path / "results.md", tmp_path / "runs"
-    tool = load_script("make_results_tables.py", folder="tools")
+    tool = load_repo_script("make_results_tables.py", folder="tools")
     results.write_text(f"# Kept above\n\n{tool.BEGIN}\nold tables\n{tool.END}\n\nKept below\n")
     assert tool.main(["--data-root", str(toy_root), "--t2mv", str(t2mv), "--i2mv", str(i2mv), "--out", str(runs),
                       "--results", str(results), "--limit", "1", "--steps", "2", "--fit-iters", "2",
@@ -384,7 +381,7 @@ def test_results_tables_tool_end_to_end(toy_root, tmp_path):
 
 
 def test_eval_t2mv_defaults_to_the_shipped_t3bench_prompts(tmp_path):
-    script = load_script("eval_t2mv.py")
+    script = load_repo_script("eval_t2mv.py")
     args = script.parse_args(["--out", str(tmp_path / "o")])
     assert args.prompts == REPO / "data" / "prompts" / "t3bench_prompt_single.txt" and args.prompts.is_file()
     from videomv.eval.generation import read_prompts

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -13,8 +11,8 @@ import torch
 
 from videomv.gaussians import GaussianSet
 from videomv.gaussians.turntable import render_turntable, save_turntable
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 FOVY = 49.1
 
 
@@ -76,10 +74,7 @@ def test_video_file_and_bad_input(tmp_path):
 
 
 def _sample_main():
-    spec = importlib.util.spec_from_file_location("sample_script", REPO / "scripts" / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("scripts/sample.py").main
 
 
 def test_sample_writes_mesh_and_turntable(tmp_path):

@@ -24,16 +24,14 @@ trimesh = pytest.importorskip("trimesh")
 
 from videomv.data import GObjaverseDataset  # noqa: E402
 from videomv.toy import world  # noqa: E402
+from repo_scripts import load_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RES = 64
 
 
 def _script(folder: str, name: str):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), REPO / folder / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"{folder}/{name}")
 
 
 def _render(argv: list[str]) -> str:

@@ -1,6 +1,5 @@
 """VideoMV end to end on a tiny random model: the Python API, folder round trip, and scripts/sample.py."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from tiny_videomv import RESOLUTION, tiny_text_videomv
 from videomv.gaussians import load_ply
 from videomv.geometry import orbit_cameras, save_trajectory
 from videomv.sampling.system import VideoMV, VideoMVSettings
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,17 +73,14 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("sample_script", REPO / "scripts" / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_sample_script():
+    return load_script("scripts/sample.py")
 
 
 def run_in_process(capsys, *args):
     """scripts/sample.py's main() in this process (fast path for argument errors): (exit code, stderr)."""
     try:
-        code = load_script().main([str(a) for a in args])
+        code = load_sample_script().main([str(a) for a in args])
     except SystemExit as exc:
         code = exc.code
     return code, capsys.readouterr().err
@@ -192,7 +189,7 @@ def test_sample_script_image_to_views(tmp_path):
     rgba[12:36, 12:36] = (200, 30, 30, 255)  # a red square on a transparent background
     Image.fromarray(rgba).save(tmp_path / "object.png")
     out = tmp_path / "run"
-    code = load_script().main(["--model", str(model_dir), "--image", str(tmp_path / "object.png"), "--out", str(out)])
+    code = load_sample_script().main(["--model", str(model_dir), "--image", str(tmp_path / "object.png"), "--out", str(out)])
     assert code == 0
     assert len(list((out / "views").glob("*.png"))) == 24 and (out / "gaussians.ply").exists()
     settings = json.loads((out / "settings.json").read_text())
@@ -344,7 +341,7 @@ def test_output_honours_the_umask_and_a_link_to_an_empty_folder(model_dir, tmp_p
 
 
 def test_a_prompt_longer_than_the_context_is_reported(model_dir, capsys):
-    script = load_script()
+    script = load_sample_script()
     model = VideoMV.from_pretrained(model_dir)
     assert model.pipeline.tokenizer.model_max_length == 77
     capsys.readouterr()
@@ -364,7 +361,7 @@ def test_an_image_whose_border_is_not_the_background_is_reported(tmp_path, capsy
 
     from videomv.sampling.export import load_condition_image
 
-    script = load_script()
+    script = load_sample_script()
     model = tiny_image_videomv()
     capsys.readouterr()
     args = script.parse_args(["--image", str(tmp_path / "x.png")])

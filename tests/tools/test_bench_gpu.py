@@ -4,7 +4,6 @@ failure guard, and the paper-scale configs (meta device) against the release's p
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,17 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from repo_scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "bench_gpu.py"
 KEY_LISTS = REPO / "tests" / "fixtures" / "release_keys"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/bench_gpu.py")
 
 
 bench = load_bench()

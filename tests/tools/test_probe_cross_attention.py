@@ -3,26 +3,15 @@ cross-attention layer and the mean, shares summing to 1; usage errors for bad ti
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from tiny_videomv import tiny_text_videomv
 from videomv.eval.cross_attention import cross_attention_layers
 from videomv.toy.writer import build_dataset
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "tools" / "probe_cross_attention.py"
-
+from repo_scripts import load_script
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("probe_cross_attention", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["probe_cross_attention"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/probe_cross_attention.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,16 @@ bar's VAE round trip, the palette table, and usage errors for what is not a VAE 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from tiny_videomv import tiny_text_videomv
 from videomv.sampling.system import VideoMV
 from videomv.toy.bar import vae_round_trip_row
 from videomv.toy.writer import build_dataset
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "tools" / "probe_vae_latents.py"
-
+from repo_scripts import load_script
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("probe_vae_latents", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["probe_vae_latents"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/probe_vae_latents.py")
 
 
 @pytest.fixture(scope="module")

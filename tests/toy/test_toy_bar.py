@@ -283,14 +283,9 @@ def test_training_captions_are_the_train_splits(toy_root):
 
 
 def load_tool():
-    import importlib.util
-    from pathlib import Path
+    from repo_scripts import load_script
 
-    path = Path(__file__).resolve().parents[2] / "tools" / "toy_model_bar.py"
-    spec = importlib.util.spec_from_file_location("toy_model_bar", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("tools/toy_model_bar.py")
 
 
 def test_tool_reports_seen_and_unseen_groups_over_seeds(toy_root, tmp_path, capsys):

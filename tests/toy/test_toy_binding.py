@@ -9,6 +9,7 @@ import torch
 from videomv.models.conditioning import TextConditioner, bundled_clip_tokenizer
 from videomv.toy import world
 from videomv.toy.binding import binding_score, part_nouns
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,7 @@ def test_probe_reads_colour_where_the_encoder_binds_it(tokenizer):
 
 
 def test_tool_prints_both_layers_for_each_model(tmp_path, capsys):
-    import importlib.util
     import re
-    from pathlib import Path
 
     from tiny_videomv import tiny_text_videomv
     from videomv.toy.writer import build_dataset
@@ -87,10 +86,7 @@ def test_tool_prints_both_layers_for_each_model(tmp_path, capsys):
     root = tmp_path / "toy"
     build_dataset(root, 24, 16, seed=3, workers=1, progress=False, split=(0.5, 0.25, 0.25))
     tiny_text_videomv(with_reconstructor=False).save_pretrained(tmp_path / "t2mv")
-    path = Path(__file__).resolve().parents[2] / "tools" / "probe_text_binding.py"
-    spec = importlib.util.spec_from_file_location("probe_text_binding", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/probe_text_binding.py")
     tool.main(["--data-root", str(root), "--models", str(tmp_path / "t2mv"), "--samples", "300", "--threads", "1"])
     out = capsys.readouterr().out
     fitted = int(re.search(r"fitted on the (\d+) captions of train", out).group(1))

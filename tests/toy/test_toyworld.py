@@ -1,7 +1,6 @@
 """The toy world: sampling, captions, the analytic renderer (closed-form silhouettes) and the
 dataset writer's layout."""
 
-import importlib.util
 import json
 import math
 import re
@@ -17,6 +16,7 @@ from PIL import Image
 from videomv.toy import world as toyworld
 from videomv.toy.writer import build_dataset, object_key, split_indices
 from videomv.geometry import focal_from_fov, gobjaverse_json_to_c2w, orbit_camera
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -300,9 +300,7 @@ def test_cli_help_and_bad_arguments(tmp_path, capsys):
     script = REPO / "tools" / "make_toy_dataset.py"
     help_run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0 and "--num-objects" in help_run.stdout
-    spec = importlib.util.spec_from_file_location("make_toy_dataset", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/make_toy_dataset.py")
     for args, message in [
         (["--num-objects", "0"], "--num-objects: must be >= 1"),
         (["--num-objects", "2", "--resolution", "4"], "--resolution: must be >= 8"),

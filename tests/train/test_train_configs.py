@@ -5,7 +5,6 @@ and every model a command starts from is made by an earlier command (never data/
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import shlex
 import subprocess
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 
 from videomv.train.config import load_config, read_layers
 from videomv.train.schema import MultiViewConfig, ReconConfig, VAEConfig
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "rebuild_embedded.sh"
@@ -64,9 +64,7 @@ def test_toy_configs_default_to_the_shipped_vae():
 
 def tool_help(name: str) -> str:
     """A tool's ``--help`` text, from its own argument parser (in this process: no second start-up)."""
-    spec = importlib.util.spec_from_file_location(name[:-3], REPO / "tools" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(f"tools/{name}")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
