@@ -2,7 +2,9 @@
 """Where does the text model's cross-attention look? Per layer, the share of attention on the
 start token, the caption's words, the end token and the padding, and the mean entropy of one
 location's attention against uniform attention over all 77 tokens, on toy objects' views noised
-to fixed timesteps (see `videomv/eval/cross_attention.py`).
+to fixed timesteps (see `videomv/eval/cross_attention.py`); then how much of each colour word's and
+shape noun's attention falls on its part's latent positions, against uniform attention's share
+(`videomv/train/grounding.py`).
 
     python tools/probe_cross_attention.py --model data/embedded/t2mv --limit 16 --timesteps 999 500 100
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from videomv.eval.cross_attention import TOKEN_ROLES
-from videomv.toy.bar import cross_attention_by_timestep
+from videomv.toy.bar import cross_attention_by_timestep, grounding_by_timestep
 from videomv.toy.cli import add_text_probe_args, text_probe_inputs
 
 
@@ -29,6 +31,10 @@ def main(argv=None) -> None:
         for r in rows:
             shares = " | ".join(f"{r.shares[k]:.3f}" for k in TOKEN_ROLES)
             print(f"| {r.layer} | {shares} | {r.entropy:.2f} / {r.uniform:.2f} |")
+    grounding = grounding_by_timestep(model, args.data_root, objects, args.timesteps, args.seed)
+    print("\nshare of a word's attention on its part (all layers)\n\n| t | on its part | uniform attention |\n|---|---|---|")
+    for t, (inside, uniform) in grounding.items():
+        print(f"| {t} | {inside:.3f} | {uniform:.3f} |")
 
 
 if __name__ == "__main__":

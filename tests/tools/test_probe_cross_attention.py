@@ -33,6 +33,8 @@ def test_probe_prints_a_table_per_timestep(folders, capsys):
     for row in rows:
         cells = row.strip("|").split(" | ")
         assert sum(float(c) for c in cells[1:5]) == pytest.approx(1.0, abs=2e-3)
+    grounding = out.split("share of a word's attention on its part")[1]
+    assert [line.split(" | ")[0] for line in grounding.splitlines() if line[:3] in ("| 9", "| 1")] == ["| 999", "| 10"]
 
 
 def test_probe_refuses_bad_timesteps(folders, capsys):

@@ -352,3 +352,22 @@ def test_cross_attention_by_timestep_closed_form(toy_root):
         cross_attention_by_timestep(tiny_image_videomv(with_reconstructor=False), toy_root, objects, [500])
     with pytest.raises(ValueError, match="at least one"):
         cross_attention_by_timestep(model, toy_root, [], [500])
+
+
+def test_grounding_by_timestep_closed_form(toy_root):
+    from tiny_videomv import tiny_text_videomv
+
+    from videomv.eval.cross_attention import cross_attention_layers
+    from videomv.toy.bar import grounding_by_timestep
+
+    model = tiny_text_videomv(with_reconstructor=False)
+    objects = (toy_root / "test.txt").read_text().split()[:2]
+    result = grounding_by_timestep(model, toy_root, objects, [999, 100])
+    assert list(result) == [999, 100]
+    assert all(0 <= inside <= 1 and 0 < uniform < 1 for inside, uniform in result.values())
+    # Closed form: with zero queries every location attends uniformly, so a word's share on its
+    # part is the part's share of the layer's grid.
+    for layer in cross_attention_layers(model.pipeline.unet).values():
+        torch.nn.init.zeros_(layer.to_q.weight)
+    inside, uniform = grounding_by_timestep(model, toy_root, objects, [500])[500]
+    assert inside == pytest.approx(uniform, abs=1e-6)

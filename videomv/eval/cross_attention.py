@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from diffusers.models.attention_processor import Attention
 
-from videomv.models.camera_unet import cross_attention_layers
+from videomv.models.camera_unet import attention_with_weights, cross_attention_layers, cross_attention_processors
 from videomv.models.conditioning import padding_mask
 
 TOKEN_ROLES = ("start", "words", "end", "padding")
@@ -50,26 +50,8 @@ class _RecordingProcessor:
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
-        if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
-            raise ValueError("record_cross_attention: expected (batch, tokens, channels) inputs to an attention "
-                             "layer without spatial or group norm, as the video UNets' transformer blocks have")
-        residual = hidden_states
-        context = encoder_hidden_states
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        rows, keys = context.shape[:2]
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, keys, rows)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        weights = attn.get_attention_scores(query, key, attention_mask)  # (rows * heads, Q, K)
-        out = attn.batch_to_head_dim(torch.bmm(weights, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        out = out / attn.rescale_output_factor
-
+        out, weights = attention_with_weights(attn, hidden_states, encoder_hidden_states, attention_mask)
+        rows = out.shape[0]
         w = weights.detach().float().view(rows, attn.heads, *weights.shape[1:])
         entropy = -(w * w.clamp_min(1e-12).log()).sum(-1)
         self.records.append((w.mean((1, 2)).cpu(), entropy.mean((1, 2)).cpu()))
@@ -80,18 +62,9 @@ class _RecordingProcessor:
 def record_cross_attention(unet: torch.nn.Module) -> Iterator[dict[str, list]]:
     """Within the block, every cross-attention layer of `unet` records each call: yields {layer
     name: [(weights (rows, K), entropy (rows,)), ...]}. The layers' processors are restored on exit."""
-    layers = cross_attention_layers(unet)
-    if not layers:
-        raise ValueError(f"record_cross_attention: {type(unet).__name__} has no cross-attention layer")
-    saved = {name: layer.processor for name, layer in layers.items()}
-    records: dict[str, list] = {name: [] for name in layers}
-    try:
-        for name, layer in layers.items():
-            layer.set_processor(_RecordingProcessor(records[name]))
+    records: dict[str, list] = {name: [] for name in cross_attention_layers(unet)}
+    with cross_attention_processors(unet, lambda name: _RecordingProcessor(records[name]), "record_cross_attention"):
         yield records
-    finally:
-        for name, layer in layers.items():
-            layer.set_processor(saved[name])
 
 
 @dataclass

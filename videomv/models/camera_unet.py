@@ -8,7 +8,8 @@ embedding, image tokens to the context and image-latent channels to the sample).
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -37,6 +38,48 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
     """The UNet's attention layers over the prompt, by module name (temporal and spatial
     self-attention left out)."""
     return {n: m for n, m in unet.named_modules() if isinstance(m, Attention) and m.is_cross_attention}
+
+
+@contextmanager
+def cross_attention_processors(unet: nn.Module, make_processor: Callable[[str], Any], caller: str) -> Iterator[None]:
+    """Within the block every cross-attention layer of `unet` runs `make_processor(its name)`; the
+    layers' own processors are restored on exit, also on error. `caller` names the user in the
+    error for a UNet without cross-attention."""
+    layers = cross_attention_layers(unet)
+    if not layers:
+        raise ValueError(f"{caller}: {type(unet).__name__} has no cross-attention layer")
+    saved = {name: layer.processor for name, layer in layers.items()}
+    try:
+        for name, layer in layers.items():
+            layer.set_processor(make_processor(name))
+        yield
+    finally:
+        for name, layer in layers.items():
+            layer.set_processor(saved[name])
+
+
+def attention_with_weights(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                           attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `attn` computes, softmax(QK^T / sqrt(d)) V written out so that the weights can be read:
+    (output, weights (rows * heads, queries, keys)). For the video UNets' transformer blocks:
+    (rows, tokens, channels) inputs, no spatial or group norm."""
+    if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
+        raise ValueError("attention_with_weights: expected (batch, tokens, channels) inputs to an attention "
+                         "layer without spatial or group norm, as the video UNets' transformer blocks have")
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if attn.norm_cross and encoder_hidden_states is not None:
+        context = attn.norm_encoder_hidden_states(context)
+    rows, keys = context.shape[:2]
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, keys, rows)
+    query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    key = attn.head_to_batch_dim(attn.to_k(context))
+    value = attn.head_to_batch_dim(attn.to_v(context))
+    weights = attn.get_attention_scores(query, key, attention_mask)
+    out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(weights, value))))
+    if attn.residual_connection:
+        out = out + hidden_states
+    return out / attn.rescale_output_factor, weights
 
 
 class CameraConditionedMixin:

@@ -258,28 +258,68 @@ def prompt_losses(model, root, object_ids: list[str], timesteps: list[int], seed
     return result
 
 
-def cross_attention_by_timestep(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict:
-    """Where the text model's cross-attention looks (`videomv.eval.cross_attention`) while it
-    denoises toy objects' views noised to each of `timesteps` under their own captions:
-    {t: [AttentionShares per layer, then all layers]}."""
+def _noised_text_passes(model, root, object_ids: list[str]):
+    """For probing a text model on toy objects under their own captions: (objects, cameras, a
+    function that runs the UNet on every object's views noised to timestep t, in order, and the
+    latent grid's (h, w))."""
     s = model.settings
     if s.task != "text":
-        raise ValueError(f"cross_attention_by_timestep probes a text model; this one is a {s.task!r} model")
+        raise ValueError(f"this probe needs a text model; this one is a {s.task!r} model")
     if not object_ids:
         raise ValueError("object_ids: expected at least one toy object")
     pipe, scheduler, unet = model.pipeline, model.pipeline.scheduler, model.pipeline.unet
     views = [object_views(model, root, o) for o in object_ids]
-    captions = [obj.caption for obj, _, _ in views]
-    roles = token_roles(pipe.text_conditioner.tokenize(captions), pipe.tokenizer.eos_token_id)
-    contexts = pipe.encode_prompt(captions, None, do_cfg=False).to(unet.dtype)
+    contexts = pipe.encode_prompt([obj.caption for obj, _, _ in views], None, do_cfg=False).to(unet.dtype)
     latents = [model.encode(truth[None].to(pipe.device, unet.dtype)) for _, _, truth in views]  # the same at every t
+
+    def run(t: int, seed: int) -> None:
+        step = torch.tensor([t], device=pipe.device)
+        for i, ((_, cams, _), z) in enumerate(zip(views, latents)):
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i))
+            denoise(unet, scheduler.add_noise(z, noise.to(z), step), step,
+                    MultiViewCondition(contexts[i : i + 1], cams[None].to(z)))
+
+    return [obj for obj, _, _ in views], [cams for _, cams, _ in views], run, tuple(latents[0].shape[-2:])
+
+
+def cross_attention_by_timestep(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict:
+    """Where the text model's cross-attention looks (`videomv.eval.cross_attention`) while it
+    denoises toy objects' views noised to each of `timesteps` under their own captions:
+    {t: [AttentionShares per layer, then all layers]}."""
+    objects, _, run, _ = _noised_text_passes(model, root, object_ids)
+    pipe = model.pipeline
+    roles = token_roles(pipe.text_conditioner.tokenize([obj.caption for obj in objects]), pipe.tokenizer.eos_token_id)
     result = {}
     for t in timesteps:
-        step = torch.tensor([t], device=pipe.device)
-        with record_cross_attention(unet) as records:
-            for i, ((_, cams, _), z) in enumerate(zip(views, latents)):
-                noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 100_003 + t * 1009 + i))
-                noisy = scheduler.add_noise(z, noise.to(z), step)
-                denoise(unet, noisy, step, MultiViewCondition(contexts[i : i + 1], cams[None].to(z)))
-        result[t] = attention_shares(records, [roles[i : i + 1] for i in range(len(views))])
+        with record_cross_attention(pipe.unet) as records:
+            run(t, seed)
+        result[t] = attention_shares(records, [roles[i : i + 1] for i in range(len(objects))])
+    return result
+
+
+def grounding_by_timestep(model, root, object_ids: list[str], timesteps: list[int], seed: int = 0) -> dict:
+    """How much of each caption word's cross-attention falls on its part (`videomv.train.grounding`)
+    in the same passes as `cross_attention_by_timestep`: {t: (inside, uniform)}, the mean over the
+    words, views and layers that count of the share inside the part's mask, and of the share
+    uniform attention would put there."""
+    from videomv.train.grounding import keep_cross_attention, word_attention
+
+    from .grounding import grounding_targets
+
+    objects, cameras, run, size = _noised_text_passes(model, root, object_ids)
+    pipe = model.pipeline
+    targets = [grounding_targets(pipe.tokenizer, [obj], cams[None], size, pipe.tokenizer.model_max_length)
+               for obj, cams in zip(objects, cameras)]
+    result = {}
+    for t in timesteps:
+        inside, uniform, count = 0.0, 0.0, 0
+        with torch.no_grad(), keep_cross_attention(pipe.unet) as maps:
+            run(t, seed)
+        layers = len(maps) // len(objects)
+        for i, (tokens, masks) in enumerate(targets):
+            for share, area, counts in word_attention(maps[i * layers: (i + 1) * layers], tokens, masks):
+                inside += float(share[counts].sum())
+                uniform += float(area[counts].sum())
+                count += int(counts.sum())
+        result[t] = (inside / max(count, 1), uniform / max(count, 1))
     return result

@@ -3,7 +3,8 @@
 Per step: views (B, F, 3, H, W) → frozen VAE latents (B, C, F, h, w) → noised at a random
 timestep → the UNet predicts eps or v given the prompt embedding (dropped to "" with
 ``data.text_dropout``; the image model's image condition made unconditional with ``data.image_dropout``)
-and the per-view cameras → MSE (optionally min-SNR-γ weighted).
+and the per-view cameras → MSE (optionally min-SNR-γ weighted), plus, with ``grounding_weight``,
+the token grounding loss of the UNet's cross-attention (`videomv.train.grounding`, toy world only).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .datasets import (LatentCache, MixedStream, build_image_dataset, caption_re
 from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as, sample_timesteps,
                         warn_min_snr_high_noise)
 from .engine import Task
+from .grounding import grounding_loss, keep_cross_attention
 from .losses import diffusion_loss, input_view_excluded, object_weights
 from .schema import MultiViewConfig
 
@@ -185,6 +187,10 @@ class MultiViewTask(Task):
                                            image_conditioner=self.image_conditioner)
         self.image_dataset = build_image_dataset(cfg.data.image_data, cfg.data) \
             if cfg.data.get("image_data") and cfg.data.image_data.get("probability", 0) > 0 else None
+        self.grounding_weight = float(cfg.get("grounding_weight") or 0.0)
+        if self.grounding_weight:
+            self.check_grounding()
+        self.toy_objects: dict = {}
 
     # -- engine interface
     def trainable_models(self):
@@ -264,7 +270,15 @@ class MultiViewTask(Task):
                 image = image.dropped(drop, self.cfg.data.get("unconditional_image", "embedding"))
             condition = MultiViewCondition(
                 context, cameras, camera_mask, fps=int(self.cfg.model.get("fps", IMAGE.fps)), image=image)
-        pred = denoise(models["unet"], noisy, timesteps, condition)
+        logs = {"frames": float(latents.shape[2])}
+        if self.grounding_weight:
+            tokens, masks = self.grounding_targets(batch, prompts, context.shape[1], tuple(latents.shape[-2:]))
+            with keep_cross_attention(models["unet"]) as maps:
+                pred = denoise(models["unet"], noisy, timesteps, condition)
+            grounding = grounding_loss(maps, tokens.to(device), masks.to(device))
+            logs["grounding"] = float(grounding.detach())
+        else:
+            pred = denoise(models["unet"], noisy, timesteps, condition)
         weight = None
         object_weight = float(self.cfg.get("object_weight") or 0.0)
         if object_weight:
@@ -274,7 +288,48 @@ class MultiViewTask(Task):
         if condition.image is not None and condition.image.clean_input_view:
             weight = input_view_excluded(latents, weight)  # view 0 is given, not predicted
         loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"), weight)
-        return loss, {"frames": float(latents.shape[2])}
+        if self.grounding_weight:
+            logs["diffusion"] = float(loss.detach())
+            loss = loss + self.grounding_weight * grounding
+        return loss, logs
+
+    def check_grounding(self) -> None:
+        """grounding_weight needs what only the toy world knows: where each caption word's part is drawn."""
+        from videomv.toy.references import is_toy_dataset
+
+        if self.kind != "t2mv":
+            raise ValueError("grounding_weight is for text -> MV (t2mv): it grounds the caption's words")
+        if self.cfg.get("gradient_checkpointing"):
+            raise ValueError("grounding_weight keeps the cross-attention weights of the forward pass, which "
+                             "gradient checkpointing recomputes; set gradient_checkpointing=false")
+        if self.image_dataset is not None:
+            raise ValueError("grounding_weight grounds toy objects' captions; data.image_data batches have no "
+                             "part masks (set its probability to 0)")
+        root = resolve_path(self.cfg.data.root)
+        if not is_toy_dataset(root):
+            raise ValueError(f"grounding_weight needs a toy-world dataset (part masks from its recipes); "
+                             f"data.root {str(root)!r} has no toy-world toyworld.json")
+
+    def grounding_targets(self, batch: dict, prompts: list[str], context_length: int, size: tuple[int, int]):
+        """`videomv.toy.grounding.grounding_targets` for the batch's toy objects at its cameras; the
+        words of a dropped prompt ("") ground nothing."""
+        from videomv.toy.grounding import grounding_targets
+        from videomv.toy.references import toy_object_for
+
+        root = resolve_path(self.cfg.data.root)
+        objects = []
+        for object_id in batch["object_id"]:
+            if object_id not in self.toy_objects:
+                self.toy_objects[object_id] = toy_object_for(root, object_id)
+            objects.append(self.toy_objects[object_id])
+        for caption, obj in zip(batch["caption"], objects):
+            if not caption.startswith(obj.caption):  # a suffix after it leaves its tokens where they are
+                raise ValueError(f"grounding_weight: caption {caption!r} is not the toy caption {obj.caption!r} "
+                                 "of its object, so its words cannot be located")
+        tokens, masks = grounding_targets(self.text.tokenizer, objects, batch["cameras"], size, context_length)
+        dropped = torch.tensor([p != caption for p, caption in zip(prompts, batch["caption"])])
+        tokens[dropped] = 0
+        return tokens, masks
 
     @torch.no_grad()
     def image_condition(self, batch: dict, num_frames: int) -> ImageConditioning:

@@ -221,6 +221,7 @@ class MultiViewConfig(EngineConfig):
     min_snr_gamma: Optional[float] = None
     input_perturbation: float = 0.0  # DDPM-IP gamma: the UNet's input noise is eps + gamma * xi, the target eps
     object_weight: float = 0.0  # loss weight 1 + object_weight x alpha coverage per latent position
+    grounding_weight: float = 0.0  # token grounding loss (videomv.train.grounding; toy world, text model)
     timestep_bias: TimestepBiasConfig = field(default_factory=TimestepBiasConfig)
 
 
@@ -349,4 +350,5 @@ RANGES = [
     ("latent_noise", lambda v: v >= 0, "a number >= 0"),
     ("latent_noise_cell", lambda v: v >= 1, "an integer >= 1"),
     ("object_weight", lambda v: v >= 0, "a number >= 0"),
+    ("grounding_weight", lambda v: v >= 0, "a number >= 0"),
 ]
