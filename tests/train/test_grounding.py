@@ -1,7 +1,9 @@
-"""The token grounding loss: closed forms for uniform and mask-shaped attention, which words count,
-and the kept attention weights against the recorder's and the UNet's own output."""
+"""The grounding losses: closed forms for uniform and mask-shaped attention, gradient signs, which
+words count, and the kept attention weights against the recorder's and the UNet's own output."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from videomv.eval.cross_attention import record_cross_attention
 from videomv.models import T2MVUNet
 from videomv.models.camera_unet import cross_attention_layers
-from videomv.train.grounding import grounding_loss, keep_cross_attention, word_attention
+from videomv.train.grounding import grounding_loss, keep_cross_attention, pixel_grounding_loss, word_attention
 
 from tiny_videomv import TINY_UNET
 
@@ -42,6 +44,10 @@ def test_uniform_attention_puts_the_mask_area_inside():
         assert counts.all()
     expected = (0.5 ** 2 + 0.75 ** 2) / 2
     assert float(grounding_loss(maps, _tokens(), _masks())) == pytest.approx(expected)
+    # pixel term: binary cross-entropy of a = 1/6 (one token) and 2/6 (two) against the masks
+    word0 = 0.5 * -math.log(1 / 6) + 0.5 * -math.log(5 / 6)
+    word1 = 0.25 * -math.log(2 / 6) + 0.75 * -math.log(4 / 6)
+    assert float(pixel_grounding_loss(maps, _tokens(), _masks())) == pytest.approx((word0 + word1) / 2, rel=1e-5)
 
 
 def test_attention_on_the_mask_gives_zero_loss_and_gradients_push_towards_it():
@@ -59,6 +65,12 @@ def test_attention_on_the_mask_gives_zero_loss_and_gradients_push_towards_it():
     on_mask[..., 1] = flat[:, 0]
     on_mask[..., 2] = flat[:, 1]
     assert float(grounding_loss([on_mask.view(B * F, 16, K)], tokens, masks)) == pytest.approx(0.0, abs=1e-6)
+    assert float(pixel_grounding_loss([on_mask.view(B * F, 16, K)], tokens, masks)) == pytest.approx(0.0, abs=1e-5)
+    # the pixel term raises the word's attention inside its mask, from every other token
+    logits.grad = None
+    pixel_grounding_loss([logits.softmax(-1)], tokens, masks).backward()
+    grad = logits.grad.view(B, F, 4, 4, K)
+    assert (grad[..., :2, 1] < 0).all() and (grad[..., 2:, 1] > 0).all() and (grad[..., :2, 0] > 0).all()
 
 
 def test_which_words_count():
@@ -69,8 +81,9 @@ def test_which_words_count():
     _, _, counts = word_attention(maps, tokens, masks)[0]
     assert not counts[0, 1, 0] and counts[0, 1, 1:].all() and not counts[1, 0].any() and counts[1, 1].all()
     assert word_attention(maps, tokens, masks, min_cover=0.1)[0][2][0, 1, 0]
-    none = grounding_loss([m.requires_grad_() for m in maps], torch.zeros_like(tokens), masks)
-    assert float(none.detach()) == 0 and none.requires_grad
+    for loss in (grounding_loss, pixel_grounding_loss):
+        none = loss([m.requires_grad_() for m in maps], torch.zeros_like(tokens), masks)
+        assert float(none.detach()) == 0 and none.requires_grad
 
 
 def test_bad_shapes_are_refused():
@@ -80,8 +93,9 @@ def test_bad_shapes_are_refused():
         word_attention([torch.full((B * F + 1, 16, K), 1 / K)], _tokens(), _masks())
     with pytest.raises(ValueError, match="do not fit masks"):
         word_attention([torch.full((B * F, 16, K), 1 / K)], _tokens()[:1], _masks())
-    with pytest.raises(ValueError, match="no cross-attention maps"):
-        grounding_loss([], _tokens(), _masks())
+    for loss in (grounding_loss, pixel_grounding_loss):
+        with pytest.raises(ValueError, match="no cross-attention maps"):
+            loss([], _tokens(), _masks())
 
 
 def test_kept_weights_are_the_recorded_ones_and_train_the_queries():

@@ -818,30 +818,32 @@ def test_grounding_loss_joins_the_diffusion_loss(tmp_path, toy_root):
     from accelerate import Accelerator
 
     out = tmp_path / "grounded"
-    run(out, toy_root, "max_steps=2", "grounding_weight=0.5", "data.text_dropout=0", "logging.every=1")
+    run(out, toy_root, "max_steps=2", "grounding.token=0.5", "grounding.pixel=0.25", "data.text_dropout=0",
+        "logging.every=1")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:
-        assert 0 < row["grounding"] < 1
-        assert row["loss"] == pytest.approx(row["diffusion"] + 0.5 * row["grounding"], rel=1e-5)
+        assert 0 < row["grounding_token"] < 1 and row["grounding_pixel"] > 0
+        expected = row["diffusion"] + 0.5 * row["grounding_token"] + 0.25 * row["grounding_pixel"]
+        assert row["loss"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="gradient checkpointing"):
-        run(tmp_path / "checkpointed", toy_root, "max_steps=1", "grounding_weight=0.5", "gradient_checkpointing=true")
+        run(tmp_path / "checkpointed", toy_root, "max_steps=1", "grounding.pixel=0.5", "gradient_checkpointing=true")
     plain = tmp_path / "plain"
     shutil.copytree(toy_root, plain)
     (plain / "toyworld.json").unlink()
     with pytest.raises(ValueError, match="needs a toy-world dataset"):
-        run(tmp_path / "not_toy", plain, "max_steps=1", "grounding_weight=0.5", "data.toy=null")
+        run(tmp_path / "not_toy", plain, "max_steps=1", "grounding.pixel=0.5", "data.toy=null")
     AcceleratorState._reset_state(True)
     cfg = load_config(REPO / "configs" / "toy_i2mv.yaml", TINY + [
         f"data.root={toy_root}", f"output_dir={tmp_path / 'image'}", "image_encoder.init.hidden_size=16",
-        "image_encoder.init.projection_dim=16", "grounding_weight=0.5", "data.text_dropout=0"], MultiViewConfig)
+        "image_encoder.init.projection_dim=16", "grounding.pixel=0.5", "data.text_dropout=0"], MultiViewConfig)
     try:
-        with pytest.raises(ValueError, match="grounding_weight is for text"):
+        with pytest.raises(ValueError, match="grounding is for text"):
             MultiViewTask(cfg, Accelerator(cpu=True))
     finally:
         AcceleratorState._reset_state(True)
-    with pytest.raises(ValueError, match="grounding_weight"):
-        tiny_config("grounding_weight=-1")
+    with pytest.raises(ValueError, match="grounding.token"):
+        tiny_config("grounding.token=-1")
 
 
 def test_object_weights_and_the_weighted_diffusion_loss_by_hand():

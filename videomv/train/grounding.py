@@ -6,7 +6,9 @@ heads, a(x) = sum of A(x, t) over w's tokens; the loss is (1 - sum_x m(x) a(x) /
 averaged over the words, the views where the word's parts show and the cross-attention layers.
 It asks where a word's attention goes, not how much of a location's attention the word gets, so it
 can be satisfied while most attention stays on the padding; it teaches the query and key
-projections to tell the parts apart, which the diffusion loss alone leaves to chance.
+projections to tell the parts apart, which the diffusion loss alone leaves to chance. The pixel
+term (`pixel_grounding_loss`) asks how much: each position's share of attention on the word, against
+its part's coverage of the position.
 """
 
 from __future__ import annotations
@@ -59,30 +61,40 @@ def _pooled(masks: torch.Tensor, queries: int) -> torch.Tensor:
     return pooled.view(b, g, f, sh * sw)
 
 
-def word_attention(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
-                   min_cover: float = 0.25) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _word_maps(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor):
     """Per cross-attention map (each (B * F, Q, K), rows frame-minor as the video UNets fold frames
-    into the batch), for words with `tokens` (B, G, K) 0/1 and `masks` (B, G, F, h, w) in [0, 1]:
-    (inside, uniform, counts), each (B, G, F): the share of each word's attention inside its mask,
-    the share uniform attention would put there (the mask's mean on the layer's grid), and whether
-    the word counts there (its mask covers at least `min_cover` of a query position; a word with no
-    tokens never counts)."""
+    into the batch): (word, mask), each (B, G, F, Q), the attention on each word's tokens and its
+    mask on the layer's grid."""
     if not maps:
-        raise ValueError("word_attention: no cross-attention maps were kept")
+        raise ValueError("grounding: no cross-attention maps were kept")
     b, g, f = masks.shape[:3]
     if tokens.shape[:2] != (b, g):
         raise ValueError(f"tokens {tuple(tokens.shape)} do not fit masks {tuple(masks.shape)}")
-    result = []
     for weights in maps:
         rows, queries, keys = weights.shape
         if rows != b * f or keys != tokens.shape[-1]:
             raise ValueError(f"attention weights {tuple(weights.shape)} do not fit {b} samples x {f} views and "
                              f"{tokens.shape[-1]} tokens")
         word = torch.einsum("bfqk,bgk->bgfq", weights.view(b, f, queries, keys), tokens.to(weights))
-        mask = _pooled(masks.to(weights), queries)
+        yield word, _pooled(masks.to(weights), queries)
+
+
+def _counts(tokens: torch.Tensor, mask: torch.Tensor, min_cover: float) -> torch.Tensor:
+    """(B, G, F): a word counts where its mask covers at least `min_cover` of a query position and
+    it has tokens."""
+    return (mask.amax(-1) >= min_cover) & (tokens.sum(-1) > 0)[..., None].to(mask.device)
+
+
+def word_attention(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
+                   min_cover: float = 0.25) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per cross-attention map, for words with `tokens` (B, G, K) 0/1 and `masks` (B, G, F, h, w) in
+    [0, 1]: (inside, uniform, counts), each (B, G, F): the share of each word's attention inside its
+    mask, the share uniform attention would put there (the mask's mean on the layer's grid), and
+    whether the word counts there (`_counts`)."""
+    result = []
+    for word, mask in _word_maps(maps, tokens, masks):
         inside = (word * mask).sum(-1) / word.sum(-1).clamp_min(1e-12)
-        counts = (mask.amax(-1) >= min_cover) & (tokens.sum(-1) > 0)[..., None].to(mask.device)
-        result.append((inside, mask.mean(-1), counts))
+        result.append((inside, mask.mean(-1), _counts(tokens, mask, min_cover)))
     return result
 
 
@@ -94,3 +106,20 @@ def grounding_loss(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.
     total = sum(((1 - inside).square() * counts).sum() for inside, _, counts in shares)
     count = sum(int(counts.sum()) for _, _, counts in shares)
     return total / max(count, 1) + 0 * maps[0].sum()
+
+
+def pixel_grounding_loss(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
+                         min_cover: float = 0.25) -> torch.Tensor:
+    """The pixel term (TokenCompose's L_pixel): per position, the binary cross-entropy of the share
+    of the position's attention on the word against the share of the position its part covers, so
+    a word takes the attention of its part's positions (from the padding too) and leaves the
+    rest's. Averaged over positions, then over the words that count, as `grounding_loss`."""
+    pairs = list(_word_maps(maps, tokens, masks))
+    total, count = 0 * maps[0].sum(), 0
+    for word, mask in pairs:
+        counts = _counts(tokens, mask, min_cover)
+        a = word.float().clamp(1e-6, 1 - 1e-6)  # written out: F.binary_cross_entropy refuses autocast
+        bce = -(mask * a.log() + (1 - mask) * (1 - a).log()).mean(-1)
+        total = total + (bce * counts).sum()
+        count += int(counts.sum())
+    return total / max(count, 1)

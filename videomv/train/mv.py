@@ -3,8 +3,8 @@
 Per step: views (B, F, 3, H, W) → frozen VAE latents (B, C, F, h, w) → noised at a random
 timestep → the UNet predicts eps or v given the prompt embedding (dropped to "" with
 ``data.text_dropout``; the image model's image condition made unconditional with ``data.image_dropout``)
-and the per-view cameras → MSE (optionally min-SNR-γ weighted), plus, with ``grounding_weight``,
-the token grounding loss of the UNet's cross-attention (`videomv.train.grounding`, toy world only).
+and the per-view cameras → MSE (optionally min-SNR-γ weighted), plus, with ``grounding`` weights,
+the grounding losses of the UNet's cross-attention (`videomv.train.grounding`, toy world only).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .datasets import (LatentCache, MixedStream, build_image_dataset, caption_re
 from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as, sample_timesteps,
                         warn_min_snr_high_noise)
 from .engine import Task
-from .grounding import grounding_loss, keep_cross_attention
+from .grounding import grounding_loss, keep_cross_attention, pixel_grounding_loss
 from .losses import diffusion_loss, input_view_excluded, object_weights
 from .schema import MultiViewConfig
 
@@ -187,8 +187,9 @@ class MultiViewTask(Task):
                                            image_conditioner=self.image_conditioner)
         self.image_dataset = build_image_dataset(cfg.data.image_data, cfg.data) \
             if cfg.data.get("image_data") and cfg.data.image_data.get("probability", 0) > 0 else None
-        self.grounding_weight = float(cfg.get("grounding_weight") or 0.0)
-        if self.grounding_weight:
+        grounding = cfg.get("grounding") or {}
+        self.grounding_weights = {k: float(grounding.get(k) or 0.0) for k in ("token", "pixel")}
+        if any(self.grounding_weights.values()):
             self.check_grounding()
         self.toy_objects: dict = {}
 
@@ -271,12 +272,14 @@ class MultiViewTask(Task):
             condition = MultiViewCondition(
                 context, cameras, camera_mask, fps=int(self.cfg.model.get("fps", IMAGE.fps)), image=image)
         logs = {"frames": float(latents.shape[2])}
-        if self.grounding_weight:
+        grounding = {}
+        if any(self.grounding_weights.values()):
             tokens, masks = self.grounding_targets(batch, prompts, context.shape[1], tuple(latents.shape[-2:]))
+            tokens, masks = tokens.to(device), masks.to(device)
             with keep_cross_attention(models["unet"]) as maps:
                 pred = denoise(models["unet"], noisy, timesteps, condition)
-            grounding = grounding_loss(maps, tokens.to(device), masks.to(device))
-            logs["grounding"] = float(grounding.detach())
+            grounding = {"token": grounding_loss(maps, tokens, masks), "pixel": pixel_grounding_loss(maps, tokens, masks)}
+            logs.update({f"grounding_{k}": float(v.detach()) for k, v in grounding.items()})
         else:
             pred = denoise(models["unet"], noisy, timesteps, condition)
         weight = None
@@ -288,26 +291,26 @@ class MultiViewTask(Task):
         if condition.image is not None and condition.image.clean_input_view:
             weight = input_view_excluded(latents, weight)  # view 0 is given, not predicted
         loss = diffusion_loss(pred, target, self.noise_scheduler, timesteps, self.cfg.get("min_snr_gamma"), weight)
-        if self.grounding_weight:
+        if grounding:
             logs["diffusion"] = float(loss.detach())
-            loss = loss + self.grounding_weight * grounding
+            loss = loss + sum(self.grounding_weights[k] * v for k, v in grounding.items())
         return loss, logs
 
     def check_grounding(self) -> None:
-        """grounding_weight needs what only the toy world knows: where each caption word's part is drawn."""
+        """The grounding losses need what only the toy world knows: where each caption word's part is drawn."""
         from videomv.toy.references import is_toy_dataset
 
         if self.kind != "t2mv":
-            raise ValueError("grounding_weight is for text -> MV (t2mv): it grounds the caption's words")
+            raise ValueError("grounding is for text -> MV (t2mv): it grounds the caption's words")
         if self.cfg.get("gradient_checkpointing"):
-            raise ValueError("grounding_weight keeps the cross-attention weights of the forward pass, which "
+            raise ValueError("grounding keeps the cross-attention weights of the forward pass, which "
                              "gradient checkpointing recomputes; set gradient_checkpointing=false")
         if self.image_dataset is not None:
-            raise ValueError("grounding_weight grounds toy objects' captions; data.image_data batches have no "
+            raise ValueError("grounding grounds toy objects' captions; data.image_data batches have no "
                              "part masks (set its probability to 0)")
         root = resolve_path(self.cfg.data.root)
         if not is_toy_dataset(root):
-            raise ValueError(f"grounding_weight needs a toy-world dataset (part masks from its recipes); "
+            raise ValueError(f"grounding needs a toy-world dataset (part masks from its recipes); "
                              f"data.root {str(root)!r} has no toy-world toyworld.json")
 
     def grounding_targets(self, batch: dict, prompts: list[str], context_length: int, size: tuple[int, int]):
@@ -324,7 +327,7 @@ class MultiViewTask(Task):
             objects.append(self.toy_objects[object_id])
         for caption, obj in zip(batch["caption"], objects):
             if not caption.startswith(obj.caption):  # a suffix after it leaves its tokens where they are
-                raise ValueError(f"grounding_weight: caption {caption!r} is not the toy caption {obj.caption!r} "
+                raise ValueError(f"grounding: caption {caption!r} is not the toy caption {obj.caption!r} "
                                  "of its object, so its words cannot be located")
         tokens, masks = grounding_targets(self.text.tokenizer, objects, batch["cameras"], size, context_length)
         dropped = torch.tensor([p != caption for p, caption in zip(prompts, batch["caption"])])

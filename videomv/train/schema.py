@@ -208,6 +208,15 @@ class MultiViewValidationConfig(ValidationConfig):
 
 
 @dataclass
+class GroundingConfig:
+    """Weights of the grounding losses of the text UNet's cross-attention (videomv.train.grounding;
+    toy world only): where each caption word's attention goes, and how much of its part it takes."""
+
+    token: float = 0.0
+    pixel: float = 0.0
+
+
+@dataclass
 class MultiViewConfig(EngineConfig):
     base: Optional[str] = None  # a model folder or hub id the other keys may refer to as ${base}
     model: ModelKindConfig = field(default_factory=ModelKindConfig)
@@ -221,7 +230,7 @@ class MultiViewConfig(EngineConfig):
     min_snr_gamma: Optional[float] = None
     input_perturbation: float = 0.0  # DDPM-IP gamma: the UNet's input noise is eps + gamma * xi, the target eps
     object_weight: float = 0.0  # loss weight 1 + object_weight x alpha coverage per latent position
-    grounding_weight: float = 0.0  # token grounding loss (videomv.train.grounding; toy world, text model)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     timestep_bias: TimestepBiasConfig = field(default_factory=TimestepBiasConfig)
 
 
@@ -350,5 +359,6 @@ RANGES = [
     ("latent_noise", lambda v: v >= 0, "a number >= 0"),
     ("latent_noise_cell", lambda v: v >= 1, "an integer >= 1"),
     ("object_weight", lambda v: v >= 0, "a number >= 0"),
-    ("grounding_weight", lambda v: v >= 0, "a number >= 0"),
+    ("grounding.token", lambda v: v >= 0, "a number >= 0"),
+    ("grounding.pixel", lambda v: v >= 0, "a number >= 0"),
 ]
