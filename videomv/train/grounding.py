@@ -1,8 +1,9 @@
-"""Token grounding loss: each word that names a part of the object puts its cross-attention on the
-latent positions where that part is drawn (the token loss of TokenCompose, Wang et al. 2024).
+"""Grounding losses: each word that names a part of the object puts its cross-attention on the
+latent positions where that part is drawn (the token and pixel losses of TokenCompose, Wang et al.
+2024).
 
 For a word w with mask m over a layer's query positions x and attention A(x, t) averaged over
-heads, a(x) = sum of A(x, t) over w's tokens; the loss is (1 - sum_x m(x) a(x) / sum_x a(x))^2,
+heads, a(x) = sum of A(x, t) over w's tokens; the token loss is (1 - sum_x m(x) a(x) / sum_x a(x))^2,
 averaged over the words, the views where the word's parts show and the cross-attention layers.
 It asks where a word's attention goes, not how much of a location's attention the word gets, so it
 can be satisfied while most attention stays on the padding; it teaches the query and key
