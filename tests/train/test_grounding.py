@@ -11,7 +11,7 @@ import torch
 from videomv.eval.cross_attention import record_cross_attention
 from videomv.models import T2MVUNet
 from videomv.models.camera_unet import cross_attention_layers
-from videomv.train.grounding import grounding_loss, keep_cross_attention, pixel_grounding_loss, word_attention
+from videomv.train.grounding import grounding_losses, keep_cross_attention, word_attention
 
 from tiny_videomv import TINY_UNET
 
@@ -43,18 +43,19 @@ def test_uniform_attention_puts_the_mask_area_inside():
         torch.testing.assert_close(uniform, inside)
         assert counts.all()
     expected = (0.5 ** 2 + 0.75 ** 2) / 2
-    assert float(grounding_loss(maps, _tokens(), _masks())) == pytest.approx(expected)
+    losses = grounding_losses(maps, _tokens(), _masks())
+    assert float(losses["token"]) == pytest.approx(expected)
     # pixel term: binary cross-entropy of a = 1/6 (one token) and 2/6 (two) against the masks
     word0 = 0.5 * -math.log(1 / 6) + 0.5 * -math.log(5 / 6)
     word1 = 0.25 * -math.log(2 / 6) + 0.75 * -math.log(4 / 6)
-    assert float(pixel_grounding_loss(maps, _tokens(), _masks())) == pytest.approx((word0 + word1) / 2, rel=1e-5)
+    assert float(losses["pixel"]) == pytest.approx((word0 + word1) / 2, rel=1e-5)
 
 
 def test_attention_on_the_mask_gives_zero_loss_and_gradients_push_towards_it():
     masks, tokens = _masks(), _tokens()
     logits = torch.zeros(B * F, 16, K, requires_grad=True)
     weights = logits.softmax(-1)
-    loss = grounding_loss([weights], tokens, masks)
+    loss = grounding_losses([weights], tokens, masks)["token"]
     loss.backward()
     # word 0's token: raising its logit inside the mask lowers the loss, outside raises it
     grad = logits.grad.view(B, F, 4, 4, K)[..., 1]
@@ -64,11 +65,12 @@ def test_attention_on_the_mask_gives_zero_loss_and_gradients_push_towards_it():
     flat = masks.flatten(-2)  # (B, G, F, 16)
     on_mask[..., 1] = flat[:, 0]
     on_mask[..., 2] = flat[:, 1]
-    assert float(grounding_loss([on_mask.view(B * F, 16, K)], tokens, masks)) == pytest.approx(0.0, abs=1e-6)
-    assert float(pixel_grounding_loss([on_mask.view(B * F, 16, K)], tokens, masks)) == pytest.approx(0.0, abs=1e-5)
+    on_mask_losses = grounding_losses([on_mask.view(B * F, 16, K)], tokens, masks)
+    assert float(on_mask_losses["token"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(on_mask_losses["pixel"]) == pytest.approx(0.0, abs=1e-5)
     # the pixel term raises the word's attention inside its mask, from every other token
     logits.grad = None
-    pixel_grounding_loss([logits.softmax(-1)], tokens, masks).backward()
+    grounding_losses([logits.softmax(-1)], tokens, masks)["pixel"].backward()
     grad = logits.grad.view(B, F, 4, 4, K)
     assert (grad[..., :2, 1] < 0).all() and (grad[..., 2:, 1] > 0).all() and (grad[..., :2, 0] > 0).all()
 
@@ -81,8 +83,7 @@ def test_which_words_count():
     _, _, counts = word_attention(maps, tokens, masks)[0]
     assert not counts[0, 1, 0] and counts[0, 1, 1:].all() and not counts[1, 0].any() and counts[1, 1].all()
     assert word_attention(maps, tokens, masks, min_cover=0.1)[0][2][0, 1, 0]
-    for loss in (grounding_loss, pixel_grounding_loss):
-        none = loss([m.requires_grad_() for m in maps], torch.zeros_like(tokens), masks)
+    for none in grounding_losses([m.requires_grad_() for m in maps], torch.zeros_like(tokens), masks).values():
         assert float(none.detach()) == 0 and none.requires_grad
 
 
@@ -93,9 +94,8 @@ def test_bad_shapes_are_refused():
         word_attention([torch.full((B * F + 1, 16, K), 1 / K)], _tokens(), _masks())
     with pytest.raises(ValueError, match="do not fit masks"):
         word_attention([torch.full((B * F, 16, K), 1 / K)], _tokens()[:1], _masks())
-    for loss in (grounding_loss, pixel_grounding_loss):
-        with pytest.raises(ValueError, match="no cross-attention maps"):
-            loss([], _tokens(), _masks())
+    with pytest.raises(ValueError, match="no cross-attention maps"):
+        grounding_losses([], _tokens(), _masks())
 
 
 def test_kept_weights_are_the_recorded_ones_and_train_the_queries():
@@ -123,7 +123,7 @@ def test_kept_weights_are_the_recorded_ones_and_train_the_queries():
     masks[..., :4] = 1
     tokens = torch.zeros(2, 1, K)
     tokens[..., 2] = 1
-    grounding_loss(maps, tokens, masks).backward()
+    grounding_losses(maps, tokens, masks)["token"].backward()
     assert all(layer.to_q.weight.grad.abs().sum() > 0 for layer in layers.values())
     with pytest.raises(RuntimeError, match="boom"), keep_cross_attention(unet):
         raise RuntimeError("boom")

@@ -8,7 +8,7 @@ averaged over the words, the views where the word's parts show and the cross-att
 It asks where a word's attention goes, not how much of a location's attention the word gets, so it
 can be satisfied while most attention stays on the padding; it teaches the query and key
 projections to tell the parts apart, which the diffusion loss alone leaves to chance. The pixel
-term (`pixel_grounding_loss`) asks how much: each position's share of attention on the word, against
+term (`grounding_losses`) asks how much: each position's share of attention on the word, against
 its part's coverage of the position.
 """
 
@@ -86,41 +86,36 @@ def _counts(tokens: torch.Tensor, mask: torch.Tensor, min_cover: float) -> torch
     return (mask.amax(-1) >= min_cover) & (tokens.sum(-1) > 0)[..., None].to(mask.device)
 
 
+def _share_inside(word: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, G, F): the share of each word's attention (B, G, F, Q) that falls inside its mask."""
+    return (word * mask).sum(-1) / word.sum(-1).clamp_min(1e-12)
+
+
 def word_attention(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
                    min_cover: float = 0.25) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per cross-attention map, for words with `tokens` (B, G, K) 0/1 and `masks` (B, G, F, h, w) in
     [0, 1]: (inside, uniform, counts), each (B, G, F): the share of each word's attention inside its
     mask, the share uniform attention would put there (the mask's mean on the layer's grid), and
     whether the word counts there (`_counts`)."""
-    result = []
-    for word, mask in _word_maps(maps, tokens, masks):
-        inside = (word * mask).sum(-1) / word.sum(-1).clamp_min(1e-12)
-        result.append((inside, mask.mean(-1), _counts(tokens, mask, min_cover)))
-    return result
+    return [(_share_inside(word, mask), mask.mean(-1), _counts(tokens, mask, min_cover))
+            for word, mask in _word_maps(maps, tokens, masks)]
 
 
-def grounding_loss(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
-                   min_cover: float = 0.25) -> torch.Tensor:
-    """The token grounding loss (module docstring) over the words that count (`word_attention`).
-    Returns a zero that keeps the graph when none does (e.g. every prompt dropped)."""
-    shares = word_attention(maps, tokens, masks, min_cover)
-    total = sum(((1 - inside).square() * counts).sum() for inside, _, counts in shares)
-    count = sum(int(counts.sum()) for _, _, counts in shares)
-    return total / max(count, 1) + 0 * maps[0].sum()
-
-
-def pixel_grounding_loss(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
-                         min_cover: float = 0.25) -> torch.Tensor:
-    """The pixel term (TokenCompose's L_pixel): per position, the binary cross-entropy of the share
-    of the position's attention on the word against the share of the position its part covers, so
-    a word takes the attention of its part's positions (from the padding too) and leaves the
-    rest's. Averaged over positions, then over the words that count, as `grounding_loss`."""
+def grounding_losses(maps: list[torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor,
+                     min_cover: float = 0.25) -> dict[str, torch.Tensor]:
+    """{"token": the token loss (module docstring), "pixel": the pixel term (TokenCompose's
+    L_pixel)}, each averaged over the words that count (`word_attention`), from one pass over the
+    maps. The pixel term is, per position, the binary cross-entropy of the share of the position's
+    attention on the word against the share of the position its part covers, averaged over
+    positions: a word takes the attention of its part's positions (from the padding too) and
+    leaves the rest's. Both are a zero that keeps the graph when no word counts (e.g. every prompt
+    dropped)."""
     pairs = list(_word_maps(maps, tokens, masks))
-    total, count = 0 * maps[0].sum(), 0
+    token, pixel, count = 0 * maps[0].sum(), 0 * maps[0].sum(), 0
     for word, mask in pairs:
         counts = _counts(tokens, mask, min_cover)
+        token = token + ((1 - _share_inside(word, mask)).square() * counts).sum()
         a = word.float().clamp(1e-6, 1 - 1e-6)  # written out: F.binary_cross_entropy refuses autocast
-        bce = -(mask * a.log() + (1 - mask) * (1 - a).log()).mean(-1)
-        total = total + (bce * counts).sum()
+        pixel = pixel + (-(mask * a.log() + (1 - mask) * (1 - a).log()).mean(-1) * counts).sum()
         count += int(counts.sum())
-    return total / max(count, 1)
+    return {"token": token / max(count, 1), "pixel": pixel / max(count, 1)}

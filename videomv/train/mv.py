@@ -26,7 +26,7 @@ from .datasets import (LatentCache, MixedStream, build_image_dataset, caption_re
 from .diffusion import (build_noise_scheduler, diffusion_target, perturbed_noise, randn_as, sample_timesteps,
                         warn_min_snr_high_noise)
 from .engine import Task
-from .grounding import grounding_loss, keep_cross_attention, pixel_grounding_loss
+from .grounding import grounding_losses, keep_cross_attention
 from .losses import diffusion_loss, input_view_excluded, object_weights
 from .schema import MultiViewConfig
 
@@ -278,7 +278,7 @@ class MultiViewTask(Task):
             tokens, masks = tokens.to(device), masks.to(device)
             with keep_cross_attention(models["unet"]) as maps:
                 pred = denoise(models["unet"], noisy, timesteps, condition)
-            grounding = {"token": grounding_loss(maps, tokens, masks), "pixel": pixel_grounding_loss(maps, tokens, masks)}
+            grounding = grounding_losses(maps, tokens, masks)
             logs.update({f"grounding_{k}": float(v.detach()) for k, v in grounding.items()})
         else:
             pred = denoise(models["unet"], noisy, timesteps, condition)
