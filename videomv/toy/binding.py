@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import world
+from .grounding import caption_groundings
 
 COLOURS = tuple(world.PALETTE)
 
@@ -31,22 +32,13 @@ class PartNoun:
 
 def part_nouns(tokenizer, recipe: tuple) -> list[PartNoun]:
     """The shape nouns of a toy recipe's caption (`world.caption_from_recipe`), located in the
-    tokenizer's ids. Two-tone objects have one noun and two colours, so they have no entry."""
-    arrangement, parts = recipe
-    if arrangement == "two_tone":
+    tokenizer's ids (`videomv.toy.grounding.caption_groundings`). Two-tone objects have one noun and
+    two colours, so they have no entry."""
+    if recipe[0] == "two_tone":
         return []
-    caption = world.caption_from_recipe(recipe)
-    nouns, start = [], 0
-    for k, (shape, colour, _) in enumerate(parts):
-        phrase = f"{colour} {shape}"
-        at = caption.find(phrase, start)
-        if at < 0:
-            raise ValueError(f"caption {caption!r} does not name part {phrase!r} after character {start}")
-        start = at + len(phrase)
-        # CLIP's BPE splits at spaces and punctuation, so the prefix's tokens are the caption's first tokens
-        prefix = tokenizer(caption[:start], add_special_tokens=True).input_ids
-        nouns.append(PartNoun(position=len(prefix) - 2, colour=colour, first=k == 0))  # less the end token
-    return nouns
+    nouns = [g for g in caption_groundings(tokenizer, recipe) if g.word not in world.PALETTE]
+    return [PartNoun(position=noun.tokens[-1], colour=recipe[1][part][1], first=part == 0)
+            for noun in nouns for part in noun.parts]
 
 
 def noun_states(conditioner, recipes: list[tuple], layer: str = "output", batch_size: int = 256):
